@@ -1,0 +1,45 @@
+# The two commands of the README, and a few helpers. Everything runs inside ./.venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+export TF_CPP_MIN_LOG_LEVEL = 3
+
+PYTEST_ARGS = --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 \
+              --doctest-modules --durations=10
+
+.PHONY: install book test lab notebooks bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements.txt
+	touch $@
+
+## make book: install everything, build the HTML book into _build/html (warnings are errors)
+book: install
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Open _build/html/index.html"
+
+## make test: install everything, run unit tests, doctests, every notebook (nbval) and the book build test
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## make lab: open the chapters in JupyterLab
+lab: install
+	$(BIN)/jupyter lab book
+
+## make notebooks: re-execute every chapter in place at quick scale (after changing lib or a chapter)
+notebooks: install
+	for nb in book/*/*.ipynb; do \
+	  (cd $$(dirname $$nb) && $(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	     --ExecutePreprocessor.timeout=600 $$(basename $$nb)) || exit 1; \
+	done
+
+## make bench: run every benchmark script (installs the benchmarks' own extras first)
+bench: install
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf _build .jupyter_cache

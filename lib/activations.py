@@ -1,0 +1,294 @@
+"""GELU and its two elementary approximations (chapter "GELU's two elementary approximations").
+
+GELU weights its input by the standard normal CDF (Hendrycks & Gimpel, 2016)::
+
+    GELU(x) = x Φ(x),   Φ(x) = ½ [1 + erf(x / √2)]
+
+and the GELU paper offers two elementary approximations of Φ::
+
+    Φ(x) ≈ ½ [1 + tanh(√(2/π) (x + 0.044715 x³))]      ("tanh")
+    Φ(x) ≈ σ(1.702 x)                                  ("sigmoid")
+
+Su Jianlin's article (https://kexue.fm/archives/7309, 2020-03-26) shows where the constants come
+from: ``a = √(2/π)`` by matching the Taylor series of ``erf(x/√2)`` at 0, then ``b`` (and λ) by
+minimising the *maximum* error over the real line. This module has the activations (Keras ops, a
+serializable layer) and the fitting functions the chapter calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+APPROXIMATIONS = ("none", "tanh", "sigmoid")
+"""Accepted values of ``approximate``: the exact form and the two approximations."""
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+TANH_CUBIC_COEFFICIENT = 0.044715
+"""The cubic coefficient ``c`` of the tanh form as published (Hendrycks & Gimpel, 2016)."""
+SIGMOID_SCALE = 1.702
+"""The λ of the sigmoid form as published (Hendrycks & Gimpel, 2016)."""
+
+
+def canonical_approximation(approximate) -> str:
+    """Map ``approximate`` to one of :data:`APPROXIMATIONS`.
+
+    Booleans are accepted for compatibility with ``keras.activations.gelu``: ``False`` means
+    ``"none"`` (exact) and ``True`` means ``"tanh"``.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if approximate is False:
+        return "none"
+    if approximate is True:
+        return "tanh"
+    if isinstance(approximate, str) and approximate.lower() in APPROXIMATIONS:
+        return approximate.lower()
+    raise ValueError(
+        f"`approximate` must be one of {APPROXIMATIONS} (or a bool: False for 'none', True for 'tanh'). "
+        f"Received: approximate={approximate!r}"
+    )
+
+
+def normal_cdf(x, approximate="none"):
+    """The standard normal CDF Φ(x), exactly or by one of its elementary approximations.
+
+    Args:
+        x: a tensor (any float dtype; the result keeps it).
+        approximate: ``"none"`` for ½[1 + erf(x/√2)], ``"tanh"`` for
+            ½[1 + tanh(√(2/π)(x + 0.044715 x³))], ``"sigmoid"`` for σ(1.702 x).
+    """
+    form = canonical_approximation(approximate)
+    x = ops.convert_to_tensor(x)
+    if form == "none":
+        # ½ erfc(−x/√2) equals ½[1 + erf(x/√2)] but keeps its digits in the left tail,
+        # where 1 + erf(·) would cancel to 0.
+        return 0.5 * ops.erfc(-x / math.sqrt(2.0))
+    if form == "tanh":
+        # ½[1 + tanh(u)] = σ(2u): the same function, without the cancellation of 1 + tanh(u) as u → −∞.
+        return ops.sigmoid(2.0 * SQRT_2_OVER_PI * (x + TANH_CUBIC_COEFFICIENT * x * x * x))
+    return ops.sigmoid(SIGMOID_SCALE * x)
+
+
+def gelu(x, approximate="none"):
+    """Gaussian error linear unit, GELU(x) = x Φ(x).
+
+    Args:
+        x: input tensor.
+        approximate: ``"none"`` (exact, via erf), ``"tanh"`` or ``"sigmoid"``; see
+            :func:`normal_cdf`. ``False``/``True`` mean ``"none"``/``"tanh"`` as in Keras.
+
+    Returns:
+        A tensor of the same shape and dtype as ``x``.
+
+    Raises:
+        ValueError: if ``approximate`` is not one of the accepted values.
+
+    Example:
+
+    >>> import numpy as np
+    >>> [round(float(v), 4) for v in gelu(np.array([-1.0, 0.0, 1.0]), approximate="none")]
+    [-0.1587, 0.0, 0.8413]
+
+    Reference:
+        Su Jianlin, "GELU的两个初等函数近似是怎么来的", https://kexue.fm/archives/7309 (2020);
+        Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", arXiv:1606.08415.
+    """
+    x = ops.convert_to_tensor(x)
+    return x * normal_cdf(x, approximate)
+
+
+@keras.saving.register_keras_serializable(package="lib")
+class GELU(keras.layers.Layer):
+    """GELU as a layer, with the exact form or either approximation.
+
+    Args:
+        approximate: ``"none"``, ``"tanh"`` or ``"sigmoid"`` (see :func:`gelu`).
+        **kwargs: standard layer arguments (``name``, ``dtype``...).
+
+    Call arguments:
+        inputs: a tensor of any shape.
+
+    Returns:
+        ``inputs * Φ(inputs)``, same shape.
+
+    Example:
+
+    >>> layer = GELU(approximate="tanh")
+    >>> layer.get_config()["approximate"]
+    'tanh'
+    """
+
+    def __init__(self, approximate="none", **kwargs):
+        super().__init__(**kwargs)
+        self.approximate = canonical_approximation(approximate)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return gelu(inputs, self.approximate)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "approximate": self.approximate}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting the constants: NumPy/SciPy in float64 (the fits are offline analysis, not model code).
+# ---------------------------------------------------------------------------------------------
+
+
+def normal_cdf_numpy(x):
+    """Φ(x) in float64 with SciPy (``scipy.special.ndtr``)."""
+    from scipy.special import ndtr
+
+    return ndtr(np.asarray(x, dtype=np.float64))
+
+
+def tanh_cdf_numpy(x, a, b):
+    """The tanh family ½[1 + tanh(a x + b x³)] in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(a * x + b * x**3))
+
+
+def sigmoid_cdf_numpy(x, scale):
+    """The sigmoid family σ(λ x) in float64."""
+    from scipy.special import expit
+
+    return expit(scale * np.asarray(x, dtype=np.float64))
+
+
+def tanh_taylor_coefficients():
+    """Solve for ``a``, ``b`` so that tanh(a x + b x³) matches erf(x/√2) to order x³ at 0 (sympy).
+
+    Returns:
+        ``(a, b)`` as exact sympy expressions: a = √(2/π), b = (4 − π) / (3√2 π^{3/2}).
+    """
+    import sympy as sp
+
+    x, a, b = sp.symbols("x a b", real=True)
+    residual = sp.series(sp.erf(x / sp.sqrt(2)) - sp.tanh(a * x + b * x**3), x, 0, 5).removeO()
+    poly = sp.Poly(sp.expand(residual), x)
+    first, third = poly.coeff_monomial(x), poly.coeff_monomial(x**3)
+    a_value = sp.solve(sp.Eq(first, 0), a)[0]
+    b_value = sp.solve(sp.Eq(third.subs(a, a_value), 0), b)[0]
+    return sp.simplify(a_value), sp.simplify(b_value)
+
+
+@dataclasses.dataclass(frozen=True)
+class MinimaxFit:
+    """The result of a minimax fit: parameters, the maximum absolute error and where it occurs."""
+
+    params: tuple
+    max_error: float
+    argmax: float
+
+
+def max_abs_error(error: Callable[[np.ndarray], np.ndarray], x_max: float = 10.0, step: float = 1e-3):
+    """The maximum of ``|error(x)|`` over ``[0, x_max]`` and where it is reached.
+
+    A grid of spacing ``step`` locates every local maximum; each is then refined by a bounded
+    scalar search inside its grid cell, so the result does not depend on the grid's luck.
+    (All errors in this chapter are odd functions, so ``[0, x_max]`` covers the real line.)
+
+    Returns:
+        ``(max_error, argmax)``.
+    """
+    from scipy.optimize import minimize_scalar
+
+    if not x_max > 0:
+        raise ValueError(f"`x_max` must be positive. Received: x_max={x_max!r}")
+    if not 0 < step < x_max:
+        raise ValueError(f"`step` must be in (0, x_max). Received: step={step!r}, x_max={x_max!r}")
+    grid = np.arange(0.0, x_max + step / 2, step)
+    values = np.abs(error(grid))
+    is_peak = (values >= np.r_[-np.inf, values[:-1]]) & (values >= np.r_[values[1:], -np.inf])
+    # Refinement moves a peak by O(step² |error''|), far less than half the maximum: peaks below
+    # half the grid maximum cannot win, and skipping them skips the round-off ripples of the tails.
+    peaks = np.flatnonzero(is_peak & (values >= 0.5 * values.max()))
+    best_value, best_x = -np.inf, 0.0
+    for i in peaks:
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        found = minimize_scalar(
+            lambda t: -abs(float(error(np.array([t]))[0])),
+            bounds=(lo, hi),
+            method="bounded",
+            options={"xatol": 1e-12},
+        )
+        value, where = -found.fun, found.x
+        if values[i] > value:  # the grid point itself beat the refinement (plateau / edge)
+            value, where = values[i], grid[i]
+        if value > best_value:
+            best_value, best_x = value, where
+    return float(best_value), float(best_x)
+
+
+def minimax_fit(
+    residual: Callable[..., np.ndarray],
+    initial: Sequence[float],
+    *,
+    bounds: tuple[float, float] | None = None,
+    x_max: float = 10.0,
+    step: float = 1e-3,
+) -> MinimaxFit:
+    """Minimise ``max_x |residual(x, *params)|`` over the parameters.
+
+    One parameter with ``bounds``: bounded Brent search (``scipy.optimize.minimize_scalar``).
+    Several parameters: Nelder–Mead from ``initial``.
+    """
+    from scipy.optimize import minimize, minimize_scalar
+
+    initial = tuple(float(v) for v in initial)
+    if not initial:
+        raise ValueError("`initial` must hold at least one parameter. Received: initial=()")
+
+    def objective(params):
+        return max_abs_error(lambda x: residual(x, *params), x_max, step)[0]
+
+    if len(initial) == 1 and bounds is not None:
+        lo, hi = bounds
+        if not lo < initial[0] < hi:
+            raise ValueError(f"`initial` must lie inside `bounds`. Received: initial={initial}, bounds={bounds}")
+        found = minimize_scalar(lambda p: objective((p,)), bounds=bounds, method="bounded",
+                                options={"xatol": 1e-14})
+        params = (float(found.x),)
+    else:
+        found = minimize(objective, np.array(initial), method="Nelder-Mead",
+                         options={"xatol": 1e-13, "fatol": 1e-15, "maxiter": 20_000})
+        params = tuple(float(v) for v in found.x)
+    value, where = max_abs_error(lambda x: residual(x, *params), x_max, step)
+    return MinimaxFit(params=params, max_error=value, argmax=where)
+
+
+def fit_tanh_cubic(a: float | None = SQRT_2_OVER_PI, x_max: float = 10.0, step: float = 1e-3) -> MinimaxFit:
+    """Fit Φ(x) ≈ ½[1 + tanh(a x + b x³)] by the minimax criterion.
+
+    The article's "hybrid" fit keeps ``a = √(2/π)`` from the Taylor match (local accuracy at 0)
+    and lets only ``b`` minimise the maximum error; then ``b / a`` is the familiar 0.044715.
+    Pass ``a=None`` to fit ``a`` and ``b`` jointly instead.
+
+    Returns:
+        :class:`MinimaxFit` with ``params == (a, b)``; errors are in Φ units (half of erf units).
+    """
+    if a is None:
+        fit = minimax_fit(lambda x, a_, b_: normal_cdf_numpy(x) - tanh_cdf_numpy(x, a_, b_),
+                          (SQRT_2_OVER_PI, 0.0357), x_max=x_max, step=step)
+        return fit
+    if not a > 0:
+        raise ValueError(f"`a` must be positive or None. Received: a={a!r}")
+    fit = minimax_fit(lambda x, b_: normal_cdf_numpy(x) - tanh_cdf_numpy(x, a, b_),
+                      (0.03,), bounds=(0.0, 0.1), x_max=x_max, step=step)
+    return MinimaxFit(params=(float(a), fit.params[0]), max_error=fit.max_error, argmax=fit.argmax)
+
+
+def fit_sigmoid_scale(x_max: float = 10.0, step: float = 1e-3) -> MinimaxFit:
+    """Fit Φ(x) ≈ σ(λ x) by the minimax criterion; ``params == (λ,)`` (the article: λ ≈ 1.702)."""
+    return minimax_fit(lambda x, scale: normal_cdf_numpy(x) - sigmoid_cdf_numpy(x, scale),
+                       (1.7,), bounds=(1.0, 2.5), x_max=x_max, step=step)

@@ -1,0 +1,71 @@
+"""One figure style for the whole book.
+
+Every chapter calls :func:`use_book_style` once and draws with :func:`figure`, so plots share
+fonts, sizes, colours and grid. Colours are assigned by *role* (the exact function, the
+article's method, the baseline...) rather than by position, so "exact" has the same colour in
+every chapter.
+"""
+
+from __future__ import annotations
+
+import matplotlib as mpl
+
+ROLE_COLORS = {
+    "exact": "#222222",
+    "reference": "#222222",
+    "baseline": "#7f7f7f",
+    "article": "#1f77b4",
+    "tanh": "#1f77b4",
+    "sigmoid": "#d62728",
+    "taylor": "#ff7f0e",
+    "alternative": "#2ca02c",
+    "ours": "#9467bd",
+}
+"""Colour of each role; unknown roles fall back to matplotlib's cycle."""
+
+BOOK_STYLE = {
+    "figure.figsize": (6.4, 3.6),
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "lines.linewidth": 1.6,
+}
+
+
+def use_book_style() -> None:
+    """Apply the book's matplotlib style (idempotent)."""
+    mpl.rcParams.update(BOOK_STYLE)
+
+
+def color(role: str) -> str | None:
+    """The colour of a role such as ``"exact"`` or ``"tanh"`` (``None`` lets matplotlib choose)."""
+    if not isinstance(role, str):
+        raise ValueError(f"`role` must be a string. Received: role={role!r}")
+    return ROLE_COLORS.get(role)
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None, height: float | None = None):
+    """Create a figure in the book style and return ``(fig, axes)``.
+
+    Args:
+        ncols, nrows: the grid of panels. ``axes`` is a single Axes for one panel, else an array.
+        width, height: size in inches; by default 6.4 wide and 3.6 tall per row of panels.
+    """
+    for name, value in (("ncols", ncols), ("nrows", nrows)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    import matplotlib.pyplot as plt
+
+    use_book_style()
+    base_width, base_height = BOOK_STYLE["figure.figsize"]
+    size = (width or (base_width if ncols == 1 else 3.6 * ncols), height or base_height * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, layout="constrained")
+    return fig, axes

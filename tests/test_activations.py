@@ -1,0 +1,169 @@
+"""Tests of lib.activations: the GELU forms, the layer, and the constant fits of chapter 1."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import sympy as sp
+import tensorflow as tf
+from scipy.special import ndtr
+
+from lib import activations
+from lib.activations import GELU, gelu, normal_cdf
+from lib.testing import check_keras_layer
+
+X = np.linspace(-8.0, 8.0, 20_001)
+
+
+@pytest.mark.parametrize("approximate, keras_flag", [("none", False), ("tanh", True), (False, False), (True, True)])
+def test_matches_keras_gelu_in_float32(approximate, keras_flag):
+    x = tf.constant(X, dtype="float32")
+    ours = gelu(x, approximate=approximate).numpy()
+    theirs = keras.activations.gelu(x, approximate=keras_flag).numpy()
+    # Float32 precision for x·Φ(x): each implementation rounds Φ to within about one float32 epsilon
+    # (absolute), which the factor x scales, so the two differ by at most 2·eps·max(|x|, 1).
+    # (Keras forms ½x[1 + tanh(u)]; in the left tail 1 + tanh(u) rounds to 0 where lib's σ(2u)
+    # keeps its digits: an absolute, not a relative, agreement is the right test.)
+    eps = np.finfo(np.float32).eps
+    assert np.all(np.abs(ours - theirs) <= 2 * eps * np.maximum(np.abs(X), 1.0))
+
+
+def test_tanh_form_is_more_accurate_than_keras_in_the_left_tail():
+    x = tf.constant(X[X < -4.5], dtype="float32")
+    truth = gelu(tf.cast(x, "float64"), approximate="tanh").numpy()
+    ours = gelu(x, approximate="tanh").numpy().astype("float64")
+    theirs = keras.activations.gelu(x, approximate=True).numpy().astype("float64")
+    assert np.max(np.abs(ours - truth) / np.abs(truth)) < 1e-5  # relative accuracy kept
+    assert np.max(np.abs(theirs - truth) / np.abs(truth)) > 0.5  # ½[1 + tanh(u)] has cancelled
+
+
+def test_exact_form_matches_float64_reference():
+    ours = gelu(tf.constant(X, dtype="float64"), approximate="none").numpy()
+    np.testing.assert_allclose(ours, X * ndtr(X), rtol=1e-14, atol=1e-15)
+
+
+def test_sigmoid_form_is_x_sigmoid_1702x():
+    ours = gelu(tf.constant(X, dtype="float64"), approximate="sigmoid").numpy()
+    np.testing.assert_allclose(ours, X / (1.0 + np.exp(-1.702 * X)), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype, eps", [("float16", 2.0**-10), ("bfloat16", 2.0**-7)])
+@pytest.mark.parametrize("approximate", ["none", "tanh", "sigmoid"])
+def test_low_precision_inputs_keep_dtype_and_accuracy(dtype, eps, approximate):
+    x64 = np.linspace(-6.0, 6.0, 2_001)
+    x = tf.cast(tf.constant(x64), dtype)
+    y = gelu(x, approximate=approximate)
+    assert y.dtype == tf.as_dtype(dtype)
+    reference = gelu(tf.cast(x, "float64"), approximate=approximate).numpy()
+    # a handful of roundings, each at most eps/2 relative, of values whose size is about |x|
+    np.testing.assert_allclose(tf.cast(y, "float64").numpy(), reference, rtol=4 * eps, atol=4 * eps)
+    assert np.all(np.isfinite(tf.cast(y, "float32").numpy()))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_large_inputs_do_not_overflow(dtype):
+    # x**3 overflows float16 beyond |x| ~ 40: the tanh form must still give x and 0.
+    x = tf.constant([-60.0, -45.0, 45.0, 60.0], dtype=dtype)
+    for approximate in activations.APPROXIMATIONS:
+        y = tf.cast(gelu(x, approximate=approximate), "float32").numpy()
+        np.testing.assert_allclose(y, [0.0, 0.0, 45.0, 60.0], atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("bad", ["erf", "TANH ", 1, None, 0.5])
+def test_bad_approximate_raises_value_error(bad):
+    with pytest.raises(ValueError, match=r"`approximate` must be one of \('none', 'tanh', 'sigmoid'\)"):
+        gelu(np.ones(3), approximate=bad)
+    with pytest.raises(ValueError, match="Received: approximate="):
+        GELU(approximate=bad)
+
+
+def test_case_is_normalised():
+    assert GELU(approximate="Tanh").approximate == "tanh"
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh", "sigmoid"])
+def test_layer_config_save_load_and_fit(approximate):
+    check_keras_layer(lambda: GELU(approximate=approximate), (5,))
+
+
+def test_layer_under_mixed_precision_and_xla():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = GELU(approximate="tanh")
+        y = tf.function(layer, jit_compile=True)(tf.constant([[-1.0, 0.0, 2.0]]))
+        assert y.dtype == tf.float16
+        np.testing.assert_allclose(y.numpy().astype("float64"), [[-0.1588, 0.0, 1.9546]], atol=2e-3)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_normal_cdf_symmetry():
+    x = tf.constant(X, dtype="float64")
+    for approximate in activations.APPROXIMATIONS:
+        phi = normal_cdf(x, approximate).numpy()
+        np.testing.assert_allclose(phi + phi[::-1], 1.0, atol=1e-12)
+
+
+# --- the fits of chapter 1 ---------------------------------------------------------------------
+
+
+def test_taylor_coefficients_are_exact():
+    a, b = activations.tanh_taylor_coefficients()
+    assert sp.simplify(a - sp.sqrt(2 / sp.pi)) == 0
+    assert sp.simplify(b - (4 - sp.pi) / (3 * sp.sqrt(2) * sp.pi ** sp.Rational(3, 2))) == 0
+    # and they do cancel the x and x^3 terms
+    x = sp.symbols("x")
+    residual = sp.series(sp.erf(x / sp.sqrt(2)) - sp.tanh(a * x + b * x**3), x, 0, 5).removeO()
+    assert sp.simplify(residual) == 0
+
+
+def test_max_abs_error_refines_beyond_the_grid():
+    # |sin(x)| peaks at pi/2; a coarse grid misses it, the refinement finds it.
+    value, where = activations.max_abs_error(np.sin, x_max=3.0, step=0.25)
+    assert value == pytest.approx(1.0, abs=1e-12)
+    assert where == pytest.approx(math.pi / 2, abs=1e-5)
+
+
+def test_minimax_fit_equioscillates():
+    # Best constant approximation of x on [0, 1] in the max norm is 1/2, with error 1/2.
+    fit = activations.minimax_fit(lambda x, c: np.where(x <= 1, x - c, 0.0), (0.3,), bounds=(0.0, 1.0),
+                                  x_max=2.0, step=1e-3)
+    assert fit.params[0] == pytest.approx(0.5, abs=1e-8)
+    assert fit.max_error == pytest.approx(0.5, abs=1e-8)
+
+
+def test_tanh_fit_error_is_the_minimum():
+    fit = activations.fit_tanh_cubic()
+    a, b = fit.params
+    assert a == activations.SQRT_2_OVER_PI
+    for nudge in (-1e-5, 1e-5):
+        other, _ = activations.max_abs_error(lambda x: ndtr(x) - activations.tanh_cdf_numpy(x, a, b + nudge))
+        assert other > fit.max_error
+
+
+def test_sigmoid_fit_error_is_the_minimum():
+    fit = activations.fit_sigmoid_scale()
+    (scale,) = fit.params
+    for nudge in (-1e-4, 1e-4):
+        other, _ = activations.max_abs_error(lambda x: ndtr(x) - activations.sigmoid_cdf_numpy(x, scale + nudge))
+        assert other > fit.max_error
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"x_max": 0.0}, "`x_max` must be positive"),
+    ({"step": 0.0}, r"`step` must be in \(0, x_max\)"),
+])
+def test_max_abs_error_rejects_bad_grid(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        activations.max_abs_error(np.sin, **kwargs)
+
+
+def test_fit_arguments_are_validated():
+    with pytest.raises(ValueError, match="`a` must be positive or None"):
+        activations.fit_tanh_cubic(a=-1.0)
+    with pytest.raises(ValueError, match="`initial` must lie inside `bounds`"):
+        activations.minimax_fit(lambda x, c: x - c, (2.0,), bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="`initial` must hold at least one parameter"):
+        activations.minimax_fit(lambda x: x, ())

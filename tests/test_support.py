@@ -1,0 +1,48 @@
+"""Tests of the small support modules: plotting, notebook helpers and benchmarking."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+
+from lib import benchmarking, notebook, plotting
+
+
+def test_figure_uses_book_style():
+    fig, axes = plotting.figure(ncols=2)
+    assert len(axes) == 2
+    assert matplotlib.rcParams["axes.spines.top"] is False
+    assert plotting.color("exact") == plotting.ROLE_COLORS["exact"]
+    assert plotting.color("something new") is None
+
+
+@pytest.mark.parametrize("kwargs", [{"ncols": 0}, {"nrows": 1.5}])
+def test_figure_rejects_bad_grids(kwargs):
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        plotting.figure(**kwargs)
+
+
+def test_glue_returns_nothing_and_validates_names():
+    assert notebook.glue("gelu_c", 0.5) is None
+    with pytest.raises(ValueError, match="`name` must be a non-empty string"):
+        notebook.glue("has space", 1)
+
+
+def test_show_source_rejects_non_code():
+    with pytest.raises(ValueError, match="`obj` must be a Python function"):
+        notebook.show_source(3)
+
+
+def test_compare_reports_ratios_to_the_reference():
+    table = benchmarking.compare({"a": lambda: sum(range(10)), "b": lambda: sum(range(10_000))},
+                                 reference="a", repeats=3, warmup=0, rounds=2)
+    assert table.loc["a", "ratio"] == 1.0
+    assert table.loc["b", "ratio"] > 1.0
+
+
+def test_compare_validates_arguments():
+    with pytest.raises(ValueError, match="`reference` must be one of the candidates"):
+        benchmarking.compare({"a": lambda: None}, reference="b")
+    with pytest.raises(ValueError, match="`repeats` must be an integer >= 1"):
+        benchmarking.time_call(lambda: None, repeats=0)
