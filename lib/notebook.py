@@ -27,6 +27,10 @@ def glue(name: str, value, display: bool = False) -> None:
         raise ValueError(
             "`name` must be a non-empty string of letters, digits, '_' or '-'. " f"Received: name={name!r}"
         )
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        # NumPy/TensorFlow scalars: NumPy 2 writes ``np.float64(0.1)``, which the prose's
+        # ``{glue:text}`key:.3f``` cannot parse; a Python number can be formatted.
+        value = value.item() if not hasattr(value, "numpy") else value.numpy().item()
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab and plain Jupyter: show it only when asked.

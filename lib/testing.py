@@ -8,7 +8,10 @@ the layer builds, keeps the expected output shape, survives ``get_config``/``fro
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 
 import keras
 import numpy as np
@@ -55,3 +58,37 @@ def check_keras_layer(make_layer, input_shape, *, expected_output_shape=None, se
     history = model.fit(x, rng.normal(size=(4, 1)).astype("float32"), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0]), "one fit step gave a non-finite loss"
     return model
+
+
+MIRRORED_PREAMBLE = textwrap.dedent(
+    """
+    import os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    keras.utils.set_random_seed(0)
+    """
+)
+
+
+def run_under_mirrored_strategy(code: str, timeout: float = 600) -> str:
+    """Run ``code`` in a fresh Python process with two logical CPUs under ``MirroredStrategy``.
+
+    Logical devices can only be configured before TensorFlow runs its first op, hence the fresh
+    process. The code sees ``np``, ``tf``, ``keras`` and ``strategy``; it must print ``ok`` when
+    its own checks pass. Returns the process's standard output.
+
+    Raises:
+        AssertionError: with the end of the child's standard error, if it fails.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", MIRRORED_PREAMBLE + textwrap.dedent(code)],
+                            capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ok" in result.stdout.split(), result.stdout[-2000:]
+    return result.stdout

@@ -29,6 +29,17 @@ def test_glue_returns_nothing_and_validates_names():
         notebook.glue("has space", 1)
 
 
+def test_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
+    import numpy as np
+
+    stored = {}
+    import myst_nb
+
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: stored.update({name: value}))
+    notebook.glue("x", np.float64(0.25))
+    assert type(stored["x"]) is float and stored["x"] == 0.25
+
+
 def test_show_source_rejects_non_code():
     with pytest.raises(ValueError, match="`obj` must be a Python function"):
         notebook.show_source(3)

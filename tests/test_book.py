@@ -1,0 +1,127 @@
+"""Tests of the book itself: the build, the table of contents, and the rules every chapter follows."""
+
+import ast
+import importlib
+import inspect
+import json
+import pathlib
+import pkgutil
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHAPTERS = [chapter["file"] for part in TOC["parts"] for chapter in part["chapters"]]
+NOTEBOOKS = sorted(ROOT.glob("book/*/*.ipynb"))
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def code_cells(notebook):
+    return [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def source(cell):
+    return "".join(cell["source"])
+
+
+def test_toc_lists_three_parts_and_eight_chapters_that_exist():
+    assert len(TOC["parts"]) == 4  # three parts and the back matter
+    chapters = [chapter["file"] for part in TOC["parts"][:3] for chapter in part["chapters"]]
+    assert len(chapters) == 8
+    for entry in CHAPTERS + [TOC["root"]]:
+        assert any((ROOT / f"{entry}{suffix}").exists() for suffix in (".md", ".ipynb")), entry
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"^\$ (.+)$", readme, flags=re.M)
+    assert commands[:2] == ["make book", "make test"], commands[:2]
+    assert re.search(r"^make test$", ci, flags=re.M), ci
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+class TestChapterNotebook:
+    def test_is_in_the_toc(self, path):
+        assert str(path.relative_to(ROOT).with_suffix("")) in CHAPTERS
+
+    def test_colab_install_and_badge_use_the_configured_repository(self, path):
+        url = CONFIG["repository"]["url"]
+        notebook = load(path)
+        assert f'REPOSITORY = "{url}"' in source(code_cells(notebook)[0])
+        header = "".join(notebook["cells"][0]["source"])
+        colab = url.replace("https://github.com", "https://colab.research.google.com/github")
+        assert f"{colab}/blob/{CONFIG['repository']['branch']}/{path.relative_to(ROOT)}" in header
+
+    def test_tensorflow_is_imported_in_one_ignored_cell(self, path):
+        cells = code_cells(load(path))
+        importing = [c for c in cells if re.search(r"^import (tensorflow|keras)\b", source(c), flags=re.M)]
+        assert len(importing) == 1
+        assert "nbval-ignore-output" in importing[0]["metadata"].get("tags", [])
+        assert 'os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"' in source(importing[0])
+
+    def test_committed_executed_without_errors_or_stderr(self, path):
+        for cell in code_cells(load(path)):
+            assert cell["execution_count"] is not None, source(cell)[:80]
+            for output in cell["outputs"]:
+                assert output["output_type"] != "error", source(cell)[:80]
+                assert output.get("name") != "stderr", source(cell)[:80]
+
+    def test_defines_nothing_that_lib_already_has(self, path):
+        lib_names = set()
+        for module in pkgutil.iter_modules(lib.__path__):
+            members = inspect.getmembers(importlib.import_module(f"lib.{module.name}"))
+            lib_names |= {name for name, obj in members if inspect.isfunction(obj) or inspect.isclass(obj)}
+        for cell in code_cells(load(path)):
+            for node in ast.walk(ast.parse(source(cell))):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    assert node.name not in lib_names, f"{path.name} re-defines lib's {node.name}"
+
+    def test_fit_is_silent(self, path):
+        for cell in code_cells(load(path)):
+            for call in re.findall(r"\.fit\([^)]*\)", source(cell), flags=re.S):
+                assert "verbose=0" in call, call
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    """Build the whole book once, as `make book` does: warnings are errors."""
+    output = tmp_path_factory.mktemp("book")
+    command = [str(pathlib.Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT),
+               "--path-output", str(output), "-W", "-n", "--keep-going"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    yield output / "_build" / "html"
+    shutil.rmtree(output, ignore_errors=True)
+
+
+def test_every_page_is_built(built_book):
+    for entry in CHAPTERS + [TOC["root"]]:
+        assert (built_book / f"{entry}.html").exists(), entry
+    assert (built_book / "index.html").exists()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_page_has_figures_glued_numbers_and_exercises(built_book, path):
+    page = (built_book / path.relative_to(ROOT).with_suffix(".html")).read_text()
+    assert "{glue" not in page, "a glue reference was not replaced"
+    assert re.search(r'<img [^>]*src="[^"]+\.png"', page), "no figure on the page"
+    assert "Exercise" in page and "solution" in page
+    assert "colab.research.google.com" in page
+
+
+def test_gelu_page_shows_the_fitted_constants(built_book):
+    page = (built_book / "book/part1-building-blocks/gelu.html").read_text()
+    assert re.search(r"0\.04471\d+", page)
+    assert re.search(r"1\.70\d+", page)
