@@ -1,0 +1,539 @@
+"""Multi-head attention with a free key size and Talking-Heads mixing (chapter "Breaking the bottleneck").
+
+Scaled dot-product attention of one head (Vaswani et al., 2017)::
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V,     Q ∈ R^{n×d_k}, K ∈ R^{m×d_k}, V ∈ R^{m×d_v}
+
+Multi-head attention runs h such heads on projections Q W_Q⁽ⁱ⁾, K W_K⁽ⁱ⁾, V W_V⁽ⁱ⁾ and concatenates
+the outputs. Su Jianlin's article (https://kexue.fm/archives/7325, 2020-04-13) discusses two results
+about the step P = softmax(Q Kᵀ / √d_k):
+
+* the **low-rank bottleneck** (Bhojanapalli et al., 2020): the logits Q Kᵀ of a head have rank at most
+  its key size d_k, and the usual d_k = d/h is small; the fix is to choose ``key_size`` independently
+  of ``hidden_size / num_heads``;
+* **Talking-Heads attention** (Shazeer et al., 2020): mix the h logit maps with a learned h×h matrix λ
+  before the softmax, J⁽ⁱ⁾ = Σⱼ λᵢⱼ Ĵ⁽ʲ⁾ with Ĵ⁽ʲ⁾ = Q⁽ʲ⁾K⁽ʲ⁾ᵀ (and, optionally, the h weight maps with a
+  second matrix after it), so that each head sees a combination of h low-rank maps.
+
+:class:`MultiHeadAttention` does both, and with both switched off and ``key_size = value_size = d/h``
+it computes exactly what ``keras.layers.MultiHeadAttention`` computes (a unit test copies the weights
+across and compares). The module also has the counting formulas of the chapter
+(:func:`parameter_count`, :func:`flop_count`) and its fitting experiment (:func:`fit_attention_maps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+LARGE_NEGATIVE = -1e9
+"""Logit given to masked positions. Masking happens in float32 or wider (see
+:meth:`MultiHeadAttention.attention_logits`)."""
+
+
+def _check_positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        expected = "a positive integer or None" if allow_none else "a positive integer"
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    return bool(value)
+
+
+def _clone_initializer(initializer):
+    """A fresh copy of an initializer, so that no two weights share one (as Keras's own layer does)."""
+    initializer = keras.initializers.get(initializer)
+    return initializer.__class__.from_config(initializer.get_config())
+
+
+@keras.saving.register_keras_serializable(package="lib")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention whose key size, value size and head mixing are chosen independently.
+
+    For inputs ``query`` (B, T, d_q), ``value`` (B, S, d_v) and ``key`` (B, S, d_k), head ``i`` computes
+
+        Ĵ⁽ⁱ⁾ = (query W_Q⁽ⁱ⁾ + b_Q⁽ⁱ⁾)(key W_K⁽ⁱ⁾ + b_K⁽ⁱ⁾)ᵀ / √key_size              (T × S, rank ≤ key_size)
+        J⁽ⁱ⁾ = Σⱼ λᵢⱼ Ĵ⁽ʲ⁾            (talking heads before the softmax; else J⁽ⁱ⁾ = Ĵ⁽ⁱ⁾)
+        P̂⁽ⁱ⁾ = softmax(J⁽ⁱ⁾ masked)   (row-wise over S)
+        P⁽ⁱ⁾ = Σⱼ μᵢⱼ P̂⁽ʲ⁾            (talking heads after the softmax; else P⁽ⁱ⁾ = P̂⁽ⁱ⁾)
+        O⁽ⁱ⁾ = dropout(P⁽ⁱ⁾) (value W_V⁽ⁱ⁾ + b_V⁽ⁱ⁾)                                  (T × value_size)
+
+    and the output is ``[O⁽¹⁾, ..., O⁽ʰ⁾] W_O + b_O``. The article's point is the rank bound in the
+    first line: with the customary ``key_size = d / h`` a head cannot express an arbitrary T × S
+    attention pattern once ``key_size`` is below the sequence length.
+
+    Args:
+        num_heads: number of heads h.
+        key_size: width of each head's queries and keys (d_k). Not tied to ``d / h``.
+        value_size: width of each head's values; defaults to ``key_size``.
+        output_dim: width of the output projection; defaults to the last dimension of ``query``.
+        talking_heads_pre: learn an h×h mixing λ of the logits before the softmax.
+        talking_heads_post: learn an h×h mixing μ of the attention weights after the softmax.
+        dropout: dropout rate on the attention weights (in training mode).
+        use_bias: whether the four projections have biases.
+        kernel_initializer, bias_initializer: initializers of the projections (as in Keras).
+        talking_heads_initializer: initializer of λ and μ; the identity (the default) makes a fresh
+            talking-heads layer compute exactly what the plain layer computes.
+        seed: seed of the dropout; two layers with the same seed drop the same entries.
+        **kwargs: standard layer arguments (``name``, ``dtype``...).
+
+    Call arguments:
+        query: (B, T, d_q).
+        value: (B, S, d_v).
+        key: (B, S, d_k); defaults to ``value``.
+        attention_mask: bool or 0/1 tensor broadcastable to (B, T, S) (rank 2 means (T, S)); True/1
+            marks the pairs that may attend. Keras masks on ``query``, ``value`` and ``key`` (for
+            example from ``Embedding(mask_zero=True)``) are combined with it the way
+            ``keras.layers.MultiHeadAttention`` combines them. A query row with nothing to attend to
+            gets all-zero weights.
+        use_causal_mask: also forbid position t to attend to positions s > t.
+        return_attention_scores: also return the attention weights P (B, h, T, S), before dropout.
+        training: whether dropout is active.
+
+    Returns:
+        (B, T, output_dim), or ``(output, scores)`` with ``return_attention_scores=True``.
+
+    Raises:
+        ValueError: for sizes that are not positive integers, a dropout rate outside [0, 1), inputs
+            that are not rank 3, ``key`` and ``value`` of different lengths, or an ``attention_mask``
+            that does not broadcast to (B, T, S).
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = MultiHeadAttention(num_heads=2, key_size=8, value_size=4, talking_heads_pre=True)
+    >>> x = np.random.default_rng(0).normal(size=(3, 5, 16)).astype("float32")
+    >>> output, scores = layer(x, x, return_attention_scores=True)
+    >>> tuple(output.shape), tuple(scores.shape)
+    ((3, 5, 16), (3, 2, 5, 5))
+    >>> bool(np.allclose(np.asarray(scores).sum(-1), 1.0, atol=1e-6))
+    True
+
+    The weights are created in the order and shapes of ``keras.layers.MultiHeadAttention``
+    (query, key, value and output kernels and biases), then λ and μ, so
+    ``layer.set_weights(keras_layer.get_weights())`` copies a Keras layer into a plain one.
+
+    Reference:
+        Su Jianlin, "突破瓶颈，打造更强大的Transformer", https://kexue.fm/archives/7325 (2020);
+        Bhojanapalli et al., "Low-Rank Bottleneck in Multi-head Attention Models", arXiv:2002.07028;
+        Shazeer et al., "Talking-Heads Attention", arXiv:2003.02436.
+    """
+
+    def __init__(self, num_heads, key_size, value_size=None, output_dim=None, talking_heads_pre=False,
+                 talking_heads_post=False, dropout=0.0, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", talking_heads_initializer="identity", seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = _check_positive_int("num_heads", num_heads)
+        self.key_size = _check_positive_int("key_size", key_size)
+        value_size = _check_positive_int("value_size", value_size, allow_none=True)
+        self.value_size = self.key_size if value_size is None else value_size
+        self.output_dim = _check_positive_int("output_dim", output_dim, allow_none=True)
+        self.talking_heads_pre = _check_bool("talking_heads_pre", talking_heads_pre)
+        self.talking_heads_post = _check_bool("talking_heads_post", talking_heads_post)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
+        self.dropout = float(dropout)
+        self.use_bias = _check_bool("use_bias", use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.talking_heads_initializer = keras.initializers.get(talking_heads_initializer)
+        self.seed = seed
+        self.supports_masking = True
+        self.dropout_layer = (keras.layers.Dropout(self.dropout, seed=seed, dtype=self.dtype_policy, name="dropout")
+                              if self.dropout > 0 else None)
+
+    # --- weights ------------------------------------------------------------------------------------
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        key_shape = value_shape if key_shape is None else key_shape
+        for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+            if len(shape) != 3 or shape[-1] is None:
+                raise ValueError(f"`{name}` must have shape (batch, length, features) with known features. "
+                                 f"Received: {name}.shape={tuple(shape)}")
+        if None not in (value_shape[1], key_shape[1]) and value_shape[1] != key_shape[1]:
+            raise ValueError("`key` and `value` must have the same length (axis 1). "
+                             f"Received: key.shape={tuple(key_shape)}, value.shape={tuple(value_shape)}")
+        h, k, v = self.num_heads, self.key_size, self.value_size
+        output_dim = self.output_dim or query_shape[-1]
+
+        def kernel(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer=_clone_initializer(self.kernel_initializer))
+
+        def bias(name, shape):
+            if not self.use_bias:
+                return None
+            return self.add_weight(name=name, shape=shape, initializer=_clone_initializer(self.bias_initializer))
+
+        # The order and shapes of keras.layers.MultiHeadAttention's weights (query, key, value, output).
+        self.query_kernel, self.query_bias = kernel("query_kernel", (query_shape[-1], h, k)), bias("query_bias", (h, k))
+        self.key_kernel, self.key_bias = kernel("key_kernel", (key_shape[-1], h, k)), bias("key_bias", (h, k))
+        self.value_kernel, self.value_bias = kernel("value_kernel", (value_shape[-1], h, v)), bias("value_bias", (h, v))
+        self.output_kernel = kernel("output_kernel", (h, v, output_dim))
+        self.output_bias = bias("output_bias", (output_dim,))
+        self.talking_heads_pre_kernel = self.talking_heads_post_kernel = None
+        if self.talking_heads_pre:
+            self.talking_heads_pre_kernel = self.add_weight(
+                name="talking_heads_pre", shape=(h, h), initializer=_clone_initializer(self.talking_heads_initializer))
+        if self.talking_heads_post:
+            self.talking_heads_post_kernel = self.add_weight(
+                name="talking_heads_post", shape=(h, h), initializer=_clone_initializer(self.talking_heads_initializer))
+
+    # --- the computation ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _project(x, kernel, bias):
+        """(B, L, d) @ (d, h, w) + (h, w) -> (B, h, L, w): one matrix product for all heads."""
+        d, h, w = kernel.shape
+        y = ops.matmul(x, ops.reshape(kernel, (d, h * w)))
+        if bias is not None:
+            y = y + ops.reshape(bias, (h * w,))
+        y = ops.reshape(y, (ops.shape(x)[0], ops.shape(x)[1], h, w))
+        return ops.transpose(y, (0, 2, 1, 3))
+
+    @staticmethod
+    def _mix_heads(maps, kernel):
+        """Σⱼ kernel[j, i] maps[:, j] for every head i: (B, h, T, S) -> (B, h, T, S), one batched matmul."""
+        shape = ops.shape(maps)
+        flat = ops.reshape(maps, (shape[0], shape[1], shape[2] * shape[3]))
+        mixed = ops.matmul(ops.cast(ops.transpose(kernel), flat.dtype), flat)
+        return ops.reshape(mixed, shape)
+
+    def attention_logits(self, query, key):
+        """The logits J = λ·(Q Kᵀ / √key_size) of every head, before masking: (B, h, T, S), float32 or wider.
+
+        Without talking heads each map is one head's Q⁽ⁱ⁾K⁽ⁱ⁾ᵀ, of rank at most ``key_size``; with
+        ``talking_heads_pre`` it is a combination of all h of them, of rank at most h·key_size. Called
+        on a layer that is not built yet, it builds the layer (with values shaped like the keys).
+        """
+        if not self.built:
+            self.build(tuple(query.shape), tuple(key.shape))
+        q = self._project(query, self.query_kernel, self.query_bias)  # (B, h, T, k)
+        k = self._project(key, self.key_kernel, self.key_bias)  # (B, h, S, k)
+        q = q * ops.cast(1.0 / math.sqrt(self.key_size), q.dtype)
+        logits = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (B, h, T, S)
+        # Masking and the softmax run in float32 at least, also under mixed precision (as Keras's kernels do).
+        if keras.backend.standardize_dtype(logits.dtype) in ("float16", "bfloat16"):
+            logits = ops.cast(logits, "float32")
+        if self.talking_heads_pre_kernel is not None:
+            logits = self._mix_heads(logits, self.talking_heads_pre_kernel)
+        return logits
+
+    def attention_weights(self, logits, mask=None):
+        """Masked softmax of the logits over the keys, then the post-softmax head mixing: (B, h, T, S).
+
+        ``mask`` is a bool tensor broadcastable to (B, 1, T, S). Masked positions get weight 0, and a row
+        with every position masked gets all zeros (not a uniform distribution over padding).
+        """
+        if mask is not None:
+            logits = ops.where(mask, logits, ops.cast(LARGE_NEGATIVE, logits.dtype))
+        weights = ops.softmax(logits, axis=-1)
+        if mask is not None:
+            weights = ops.where(mask, weights, ops.cast(0.0, weights.dtype))
+        if self.talking_heads_post_kernel is not None:
+            weights = self._mix_heads(weights, self.talking_heads_post_kernel)
+        return weights
+
+    def call(self, query, value, key=None, attention_mask=None, use_causal_mask=False,
+             return_attention_scores=False, training=None, query_mask=None, value_mask=None, key_mask=None):
+        if key is None:
+            key = value
+        for name, tensor, kernel in (("query", query, self.query_kernel), ("value", value, self.value_kernel),
+                                     ("key", key, self.key_kernel)):
+            if len(tensor.shape) != 3 or tensor.shape[-1] != kernel.shape[0]:
+                raise ValueError(f"`{name}` must have shape (batch, length, {kernel.shape[0]}), as when the layer "
+                                 f"was built. Received: {name}.shape={tuple(tensor.shape)}")
+        mask = self._combined_mask(query, value, attention_mask, use_causal_mask, query_mask, value_mask, key_mask)
+        weights = self.attention_weights(self.attention_logits(query, key), mask)  # (B, h, T, S), float32+
+        weights = ops.cast(weights, self.compute_dtype)
+        dropped = weights if self.dropout_layer is None else self.dropout_layer(weights, training=training)
+        v = self._project(value, self.value_kernel, self.value_bias)  # (B, h, S, v)
+        heads = ops.transpose(ops.matmul(dropped, v), (0, 2, 1, 3))  # (B, T, h, v)
+        h, vs, output_dim = self.output_kernel.shape
+        heads = ops.reshape(heads, (ops.shape(heads)[0], ops.shape(heads)[1], h * vs))
+        output = ops.matmul(heads, ops.reshape(self.output_kernel, (h * vs, output_dim)))
+        if self.output_bias is not None:
+            output = output + self.output_bias
+        if return_attention_scores:
+            return output, weights
+        return output
+
+    def _combined_mask(self, query, value, attention_mask, use_causal_mask, query_mask, value_mask, key_mask):
+        """AND of every mask that applies, as bool (B or 1, 1, T, S); None when nothing is masked."""
+        length_q, length_s = query.shape[1], value.shape[1]
+        mask = None
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
+            expected = (query.shape[0], length_q, length_s)
+            rank = len(attention_mask.shape)
+            ok = rank in (2, 3) and all(
+                m is None or e is None or m in (1, e)
+                for m, e in zip(attention_mask.shape[::-1], expected[::-1]))
+            if not ok:
+                raise ValueError(
+                    "`attention_mask` must be broadcastable to (batch, query_length, value_length)="
+                    f"{expected}. Received: attention_mask.shape={tuple(attention_mask.shape)}")
+            mask = ops.cast(attention_mask, "bool")
+            if rank == 2:
+                mask = mask[None]
+        if query_mask is not None:  # (B, T) -> (B, T, 1)
+            mask = self._and(mask, ops.cast(query_mask, "bool")[:, :, None])
+        for extra in (value_mask, key_mask):  # (B, S) -> (B, 1, S)
+            if extra is not None:
+                mask = self._and(mask, ops.cast(extra, "bool")[:, None, :])
+        if use_causal_mask:
+            rows = ops.arange(ops.shape(query)[1])[:, None]
+            cols = ops.arange(ops.shape(value)[1])[None, :]
+            mask = self._and(mask, ops.greater_equal(rows, cols)[None])
+        return None if mask is None else mask[:, None]  # a head axis: (B, 1, T, S)
+
+    @staticmethod
+    def _and(mask, other):
+        return other if mask is None else ops.logical_and(mask, other)
+
+    # --- Keras plumbing -----------------------------------------------------------------------------------
+
+    def compute_output_shape(self, query_shape, value_shape, key_shape=None):
+        return (*tuple(query_shape)[:-1], self.output_dim or query_shape[-1])
+
+    def compute_output_spec(self, query, value, key=None, attention_mask=None, use_causal_mask=False,
+                            return_attention_scores=False, training=None, query_mask=None, value_mask=None,
+                            key_mask=None):
+        output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape), dtype=self.compute_dtype)
+        if return_attention_scores:
+            scores_shape = (query.shape[0], self.num_heads, query.shape[1], value.shape[1])
+            return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+        return output
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_size": self.key_size,
+            "value_size": self.value_size,
+            "output_dim": self.output_dim,
+            "talking_heads_pre": self.talking_heads_pre,
+            "talking_heads_post": self.talking_heads_post,
+            "dropout": self.dropout,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "talking_heads_initializer": keras.initializers.serialize(self.talking_heads_initializer),
+            "seed": self.seed,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting: parameters and FLOPs, as formulas (they accept sympy symbols as well as integers).
+# ---------------------------------------------------------------------------------------------------
+
+
+def parameter_count(hidden_size, num_heads, key_size, value_size=None, output_dim=None, *,
+                    talking_heads_pre=False, talking_heads_post=False, use_bias=True):
+    """Number of weights of :class:`MultiHeadAttention` for self-attention on width ``hidden_size``.
+
+    With d = hidden_size, h heads, key size k, value size v and output width o (default d):
+    ``2(d h k + h k) + (d h v + h v) + (h v o + o)`` with biases, plus h² for each talking-heads matrix.
+    Integers give an integer; sympy symbols give the formula.
+
+    Example:
+
+    >>> parameter_count(768, 12, 64)  # one BERT-base attention layer
+    2362368
+    """
+    value_size = key_size if value_size is None else value_size
+    output_dim = hidden_size if output_dim is None else output_dim
+    h, k, v = num_heads, key_size, value_size
+    bias = 1 if use_bias else 0
+    count = 2 * (hidden_size * h * k + bias * h * k)  # queries and keys
+    count += hidden_size * h * v + bias * h * v  # values
+    count += h * v * output_dim + bias * output_dim  # output projection
+    count += (int(bool(talking_heads_pre)) + int(bool(talking_heads_post))) * h * h
+    return count
+
+
+def flop_count(query_length, hidden_size, num_heads, key_size, value_size=None, output_dim=None, *,
+               key_length=None, talking_heads_pre=False, talking_heads_post=False):
+    """Floating-point operations of one forward pass for one sequence (2 per multiply-add).
+
+    Counts the matrix products, which dominate: the three input projections, the logits (h·T·S·k
+    multiply-adds), the weighted sum of values (h·T·S·v), each talking-heads mixing (h²·T·S) and the
+    output projection. Softmax, biases and masking are O(h·T·S) and left out. Integers or sympy symbols.
+
+    Example:
+
+    >>> flop_count(128, 768, 12, 64) / 1e9  # one BERT-base attention layer, 128 tokens
+    0.654311424
+    """
+    value_size = key_size if value_size is None else value_size
+    output_dim = hidden_size if output_dim is None else output_dim
+    t = query_length
+    s = query_length if key_length is None else key_length
+    h, k, v, d = num_heads, key_size, value_size, hidden_size
+    multiply_adds = t * d * h * k + s * d * h * k + s * d * h * v  # projections of queries, keys, values
+    multiply_adds += h * t * s * k + h * t * s * v  # Q Kᵀ and P V
+    multiply_adds += (int(bool(talking_heads_pre)) + int(bool(talking_heads_post))) * h * h * t * s
+    multiply_adds += t * h * v * output_dim  # output projection
+    return 2 * multiply_adds
+
+
+# ---------------------------------------------------------------------------------------------------
+# The chapter's experiment: can h heads of a given key size reproduce given attention maps?
+# ---------------------------------------------------------------------------------------------------
+
+
+def random_attention_maps(num_maps, length, *, temperature=1.0, seed=0):
+    """Row-stochastic target maps softmax(G / temperature), G with i.i.d. standard normal entries.
+
+    Their log-maps are full rank (up to the row shift that the softmax ignores): the kind of pattern
+    that a head of small key size cannot express. Returns float32 (num_maps, length, length).
+    """
+    num_maps = _check_positive_int("num_maps", num_maps)
+    length = _check_positive_int("length", length)
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be positive. Received: temperature={temperature!r}")
+    logits = np.random.default_rng(seed).normal(size=(num_maps, length, length)) / temperature
+    logits -= logits.max(axis=-1, keepdims=True)
+    maps = np.exp(logits)
+    return (maps / maps.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def kl_divergence(target, predicted, eps=1e-12):
+    """Mean over rows (and maps) of KL(target row ‖ predicted row), in nats, computed in float64."""
+    target = np.asarray(target, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if target.shape != predicted.shape:
+        raise ValueError(f"`target` and `predicted` must have the same shape. Received: "
+                         f"target.shape={target.shape}, predicted.shape={predicted.shape}")
+    terms = np.where(target > 0, target * (np.log(target + eps) - np.log(predicted + eps)), 0.0)
+    return max(float(terms.sum(axis=-1).mean()), 0.0)  # KL >= 0; only rounding could make it negative
+
+
+def low_rank_logit_error(targets, rank):
+    """KL error of the best rank-``rank`` approximation of the log-targets in the least-squares sense.
+
+    Each map's row-centred log-probabilities are truncated to their top ``rank`` singular values
+    (Eckart–Young) and pushed through a softmax. A head of key size ``rank`` can represent exactly these
+    logits, so the optimum of :func:`fit_attention_maps` is at most this value: a reference curve that
+    needs no training.
+    """
+    rank = _check_positive_int("rank", rank)
+    targets = np.asarray(targets, dtype=np.float64)
+    log_targets = np.log(targets)
+    centred = log_targets - log_targets.mean(axis=-1, keepdims=True)
+    u, s, vt = np.linalg.svd(centred)
+    approx = (u[..., :rank] * s[..., None, :rank]) @ vt[..., :rank, :]
+    approx -= approx.max(axis=-1, keepdims=True)
+    predicted = np.exp(approx)
+    predicted /= predicted.sum(axis=-1, keepdims=True)
+    return kl_divergence(targets, predicted)
+
+
+@dataclasses.dataclass
+class AttentionFit:
+    """One result of :func:`fit_attention_maps`: the key size, final KL (nats per row), loss curve and layer."""
+
+    key_size: int
+    kl: float
+    history: np.ndarray
+    layer: MultiHeadAttention
+
+
+def fit_attention_maps(targets, key_sizes, *, talking_heads_pre=False, steps=600, learning_rate=0.05, seed=0):
+    """Train the queries and keys of :class:`MultiHeadAttention` layers so that their weight maps match ``targets``.
+
+    One layer per key size, all trained side by side in one compiled loop (their losses are independent,
+    so each layer follows its own gradient; Adam's step does not depend on the other layers). The inputs
+    are one-hot positions (the identity, d = length), so the projections can produce *any*
+    length × key_size query and key matrices: what limits the fit is the key size and the head mixing,
+    not the inputs. The loss is the mean row KL(target ‖ head), minimised with Adam on the whole "batch"
+    (one sequence) for ``steps`` steps.
+
+    Only the mixing *before* the softmax is offered: mixing after it (``talking_heads_post``) gives rows
+    that need not be probability distributions, so a KL fit would be meaningless.
+
+    Args:
+        targets: (h, n, n) row-stochastic maps, one per head.
+        key_sizes: the key sizes to fit (one layer each).
+        talking_heads_pre: as in :class:`MultiHeadAttention`.
+        steps, learning_rate, seed: the optimisation.
+
+    Returns:
+        A list of :class:`AttentionFit`, in the order of ``key_sizes``.
+    """
+    import tensorflow as tf  # a compiled training loop is TensorFlow's business
+
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.ndim != 3 or targets.shape[1] != targets.shape[2]:
+        raise ValueError("`targets` must have shape (num_heads, length, length). "
+                         f"Received: targets.shape={targets.shape}")
+    if not np.allclose(targets.sum(-1), 1.0, atol=1e-4) or targets.min() < 0:
+        raise ValueError("`targets` must be row-stochastic (non-negative rows that sum to 1).")
+    key_sizes = [_check_positive_int("key_sizes", k) for k in np.atleast_1d(key_sizes).tolist()]
+    steps = _check_positive_int("steps", steps)
+    num_heads, length, _ = targets.shape
+    keras.utils.set_random_seed(seed)
+    inputs = tf.eye(length, batch_shape=[1])
+    layers = [MultiHeadAttention(num_heads, k, value_size=1, output_dim=1, talking_heads_pre=talking_heads_pre)
+              for k in key_sizes]
+    for layer in layers:
+        layer(inputs, inputs)
+    # the values and the output projection play no part in the weights
+    trained = [w for layer in layers for w in layer.trainable_weights if not w.name.startswith(("value_", "output_"))]
+    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(trained)
+    target = tf.constant(targets[None])
+    log_target = tf.math.log(tf.maximum(target, 1e-30))
+
+    def losses():
+        values = []
+        for layer in layers:
+            weights = layer.attention_weights(layer.attention_logits(inputs, inputs))
+            terms = target * (log_target - tf.math.log(tf.maximum(weights, 1e-30)))
+            values.append(tf.reduce_mean(tf.reduce_sum(terms, axis=-1)))
+        return tf.stack(values)
+
+    @tf.function
+    def train(n):
+        history = tf.TensorArray(tf.float32, size=n)
+        for i in tf.range(n):
+            with tf.GradientTape() as tape:
+                loss = losses()
+                total = tf.reduce_sum(loss)
+            optimizer.apply(tape.gradient(total, trained), trained)
+            history = history.write(i, loss)
+        return history.stack()
+
+    # Every call builds new layers, so this loop is traced again on purpose: TensorFlow's warning about
+    # frequent retracing does not apply here and is filtered out for the duration of the call.
+    logger = tf.get_logger()
+    retracing = _DropMessages("triggered tf.function retracing")
+    logger.addFilter(retracing)
+    try:
+        history = train(tf.constant(steps)).numpy()
+    finally:
+        logger.removeFilter(retracing)
+    fits = []
+    for i, (k, layer) in enumerate(zip(key_sizes, layers)):
+        final = layer.attention_weights(layer.attention_logits(inputs, inputs)).numpy()[0]
+        fits.append(AttentionFit(key_size=k, kl=kl_divergence(targets, final), history=history[:, i], layer=layer))
+    return fits
+
+
+class _DropMessages:
+    """A ``logging`` filter that drops the records containing a given text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def filter(self, record):
+        return self.text not in record.getMessage()

@@ -1,0 +1,457 @@
+"""Tests of lib.attention: equality with keras.layers.MultiHeadAttention, talking heads against a NumPy
+reference, masks, dropout, the rank bound, counts, serialization, mixed precision and XLA, and errors."""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import sympy as sp
+import tensorflow as tf
+
+from lib import attention
+from lib.attention import MultiHeadAttention
+from lib.testing import check_keras_layer
+
+RTOL, ATOL = 1e-5, 1e-5  # float32: the two layers order a few sums differently
+
+
+def inputs(batch=2, length_q=5, length_s=7, dim_q=16, dim_v=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(batch, length_q, dim_q)).astype("float32"),
+            rng.normal(size=(batch, length_s, dim_v)).astype("float32"))
+
+
+def twins(num_heads=4, key_size=8, value_size=None, query=None, value=None, key=None, **kwargs):
+    """A Keras layer and a lib layer built on the same shapes, with the Keras weights copied into lib's."""
+    theirs = keras.layers.MultiHeadAttention(num_heads, key_size, value_dim=value_size, **kwargs)
+    ours = MultiHeadAttention(num_heads, key_size, value_size, **kwargs)
+    theirs(query, value, key)
+    ours(query, value, key)
+    ours.set_weights(theirs.get_weights())
+    return theirs, ours
+
+
+def reference(layer, query, value, key=None, mask=None):
+    """NumPy float64 re-computation of the layer's forward pass from its weights (talking heads included)."""
+    key = value if key is None else key
+    w = {v.name: np.asarray(v.numpy(), dtype=np.float64) for v in layer.weights}
+    q = np.einsum("btd,dhk->bhtk", query, w["query_kernel"]) + w["query_bias"][None, :, None]
+    k = np.einsum("bsd,dhk->bhsk", key, w["key_kernel"]) + w["key_bias"][None, :, None]
+    v = np.einsum("bsd,dhv->bhsv", value, w["value_kernel"]) + w["value_bias"][None, :, None]
+    logits = np.einsum("bhtk,bhsk->bhts", q, k) / np.sqrt(layer.key_size)
+    if layer.talking_heads_pre:
+        logits = np.einsum("bhts,hg->bgts", logits, w["talking_heads_pre"])
+    if mask is not None:
+        logits = np.where(mask[:, None], logits, -np.inf)
+    logits = logits - logits.max(-1, keepdims=True)
+    weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    if layer.talking_heads_post:
+        weights = np.einsum("bhts,hg->bgts", weights, w["talking_heads_post"])
+    heads = np.einsum("bhts,bhsv->bthv", weights, v)
+    return np.einsum("bthv,hvo->bto", heads, w["output_kernel"]) + w["output_bias"], weights
+
+
+# --- equality with keras.layers.MultiHeadAttention --------------------------------------------------------
+
+
+@pytest.mark.parametrize("cross, separate_key, value_size", [(False, False, None), (True, False, None),
+                                                             (True, True, 6)])
+def test_matches_keras_output_and_scores(cross, separate_key, value_size):
+    query, value = inputs()
+    if not cross:
+        value = query
+    key = np.random.default_rng(1).normal(size=(2, value.shape[1], 10)).astype("float32") if separate_key else None
+    theirs, ours = twins(4, 8, value_size, query, value, key)
+    expected, expected_scores = theirs(query, value, key, return_attention_scores=True)
+    got, got_scores = ours(query, value, key, return_attention_scores=True)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got_scores, expected_scores, rtol=RTOL, atol=ATOL)
+    # Keras takes another code path (its fused dot_product_attention) when no scores are asked for.
+    np.testing.assert_allclose(ours(query, value, key), theirs(query, value, key), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("return_scores", [False, True])
+def test_matches_keras_with_causal_mask(return_scores):
+    query, _ = inputs(length_q=6)
+    theirs, ours = twins(2, 8, query=query, value=query)
+    expected = theirs(query, query, use_causal_mask=True, return_attention_scores=return_scores)
+    got = ours(query, query, use_causal_mask=True, return_attention_scores=return_scores)
+    for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    if return_scores:
+        scores = np.asarray(got[1])
+        assert np.all(np.triu(scores, k=1) == 0.0)  # nothing attends to the future
+        np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-6)
+
+
+def test_matches_keras_with_explicit_mask_and_causal_mask_together():
+    query, value = inputs(length_q=6, length_s=6)
+    mask = np.random.default_rng(3).random((2, 6, 6)) > 0.4
+    mask[:, :, 0] = True  # every row may attend somewhere
+    theirs, ours = twins(2, 4, query=query, value=value)
+    for causal in (False, True):
+        expected, expected_scores = theirs(query, value, attention_mask=mask, use_causal_mask=causal,
+                                           return_attention_scores=True)
+        got, got_scores = ours(query, value, attention_mask=mask, use_causal_mask=causal,
+                               return_attention_scores=True)
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got_scores, expected_scores, rtol=RTOL, atol=ATOL)
+        allowed = mask & (np.tril(np.ones((6, 6), bool)) if causal else True)
+        assert np.all(np.asarray(got_scores)[~np.broadcast_to(allowed[:, None], got_scores.shape)] == 0.0)
+
+
+def test_keras_padding_masks_are_honoured_like_keras():
+    ids = np.array([[3, 5, 2, 0, 0], [4, 1, 6, 7, 2]])  # the first sequence is padded
+    embedding = keras.layers.Embedding(10, 16, mask_zero=True)
+    embedding.build((None, 5))
+    theirs = keras.layers.MultiHeadAttention(2, 8)
+    ours = MultiHeadAttention(2, 8)
+    x = embedding(ids)
+    theirs(x, x)
+    ours(x, x)
+    ours.set_weights(theirs.get_weights())
+    # (Keras's layer removes the masks from its inputs, so each layer gets a fresh masked tensor.)
+    expected, expected_scores = theirs(embedding(ids), embedding(ids), return_attention_scores=True)
+    got, got_scores = ours(embedding(ids), embedding(ids), return_attention_scores=True)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got_scores, expected_scores, rtol=RTOL, atol=ATOL)
+    assert np.all(np.asarray(got_scores)[0, :, :, 3:] == 0.0)  # no attention to padding
+    assert np.all(np.asarray(got_scores)[0, :, 3:, :] == 0.0)  # padded queries attend to nothing
+    # Keras's fused path gives padded *queries* a uniform distribution instead of zeros: compare real tokens.
+    fused = theirs(embedding(ids), embedding(ids))
+    np.testing.assert_allclose(ours(embedding(ids), embedding(ids))[0, :3], fused[0, :3], rtol=RTOL, atol=ATOL)
+    # the output carries the query's mask, as Keras's does
+    output = ours(embedding(ids), embedding(ids))
+    np.testing.assert_array_equal(output._keras_mask, ids != 0)
+
+
+def test_masks_in_a_functional_model_match_keras():
+    ids = np.array([[3, 5, 2, 0], [4, 1, 6, 7]])
+    models = []
+    for layer in (keras.layers.MultiHeadAttention(2, 4, name="mha"), MultiHeadAttention(2, 4, name="mha")):
+        tokens = keras.Input((4,), dtype="int32")
+        x = keras.layers.Embedding(10, 8, mask_zero=True, name="embedding")(tokens)
+        models.append(keras.Model(tokens, layer(x, x)))
+    models[1].set_weights(models[0].get_weights())
+    np.testing.assert_allclose(models[1](ids)[:, :3], models[0](ids)[:, :3], rtol=RTOL, atol=ATOL)
+
+
+# --- dropout -----------------------------------------------------------------------------------------------------
+
+
+def test_dropout_with_the_same_seed_drops_what_keras_drops():
+    query, value = inputs()
+    theirs, ours = twins(4, 8, query=query, value=value, dropout=0.5, seed=7)
+    for causal in (False, True):  # the two seed generators advance in step, call after call
+        expected, expected_scores = theirs(query, value, training=True, use_causal_mask=causal,
+                                           return_attention_scores=True)
+        got, got_scores = ours(query, value, training=True, use_causal_mask=causal, return_attention_scores=True)
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got_scores, expected_scores, rtol=RTOL, atol=ATOL)
+    # and the dropout did act: the training output differs from the inference output
+    assert not np.allclose(ours(query, value, training=True), ours(query, value), atol=1e-3)
+    # inference: no dropout at all
+    np.testing.assert_allclose(ours(query, value), theirs(query, value), rtol=RTOL, atol=ATOL)
+
+
+def test_dropout_statistics():
+    rate, length = 0.3, 256
+    # zero kernels and unit biases: every weight is 1/length and every value is 1, so each output is the
+    # sum of the kept weights of its row, k / (length (1 - rate)) for k kept positions out of length
+    layer = MultiHeadAttention(1, 1, dropout=rate, seed=1, kernel_initializer="zeros", bias_initializer="ones")
+    query, value = np.zeros((8, 8, 1), "float32"), np.zeros((8, length, 1), "float32")
+    layer(query, value)
+    layer.output_kernel.assign(np.ones((1, 1, 1), "float32"))
+    layer.output_bias.assign(np.zeros((1,), "float32"))
+    np.testing.assert_allclose(layer(query, value, training=False), 1.0, rtol=1e-6)
+    calls = [np.asarray(layer(query, value, training=True), "float64").ravel() for _ in range(3)]
+    assert not np.array_equal(calls[0], calls[1])  # a fresh mask on every call
+    kept = np.concatenate(calls) * length * (1 - rate)
+    np.testing.assert_allclose(kept, np.round(kept), atol=1e-3)  # kept weights are scaled by 1/(1 - rate)
+    # the kept fraction is binomial: 192 rows x 256 positions, standard deviation 0.0021 around 0.7
+    assert abs(kept.mean() / length - (1 - rate)) < 0.01, kept.mean() / length
+    _, scores = layer(query, value, training=True, return_attention_scores=True)
+    np.testing.assert_allclose(np.asarray(scores).sum(-1), 1.0, atol=1e-5)  # scores are returned before dropout
+
+
+# --- talking heads ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pre, post", [(True, False), (False, True), (True, True)])
+def test_talking_heads_match_a_numpy_reference(pre, post):
+    query, value = inputs(dim_v=16)
+    layer = MultiHeadAttention(3, 4, value_size=5, talking_heads_pre=pre, talking_heads_post=post,
+                               talking_heads_initializer="random_normal", bias_initializer="random_normal")
+    mask = np.random.default_rng(2).random((2, 5, 7)) > 0.3
+    mask[:, :, 0] = True
+    got, got_weights = layer(query, value, attention_mask=mask, return_attention_scores=True)
+    expected, expected_weights = reference(layer, query.astype(np.float64), value.astype(np.float64), mask=mask)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_weights, expected_weights, rtol=1e-4, atol=1e-6)
+
+
+def test_plain_layer_matches_the_numpy_reference_too():
+    query, value = inputs()
+    layer = MultiHeadAttention(4, 3, value_size=2, output_dim=5, bias_initializer="random_normal")
+    got = layer(query, value)
+    expected, _ = reference(layer, query.astype(np.float64), value.astype(np.float64))
+    assert got.shape == (2, 5, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_identity_talking_heads_compute_the_plain_layer():
+    query, value = inputs()
+    plain = MultiHeadAttention(4, 8)
+    talking = MultiHeadAttention(4, 8, talking_heads_pre=True, talking_heads_post=True)
+    plain(query, value)
+    talking(query, value)
+    talking.set_weights(plain.get_weights() + [np.eye(4), np.eye(4)])
+    np.testing.assert_allclose(talking(query, value), plain(query, value), rtol=RTOL, atol=ATOL)
+
+
+def test_rank_of_the_logits_is_at_most_key_size_and_talking_heads_lift_it():
+    length, heads, key_size = 24, 4, 3
+    x = np.random.default_rng(0).normal(size=(1, length, 32))
+    plain = MultiHeadAttention(heads, key_size, dtype="float64", bias_initializer="random_normal")
+    talking = MultiHeadAttention(heads, key_size, talking_heads_pre=True, dtype="float64",
+                                 talking_heads_initializer="random_normal", bias_initializer="random_normal")
+    for layer in (plain, talking):
+        layer(x, x)
+    # float64 layers keep float64 logits: singular values beyond the rank are at the 1e-16 level
+    ranks = {name: [np.linalg.matrix_rank(m, tol=1e-10 * np.abs(m).max())
+                    for m in np.asarray(layer.attention_logits(x, x))[0]]
+             for name, layer in (("plain", plain), ("talking", talking))}
+    assert ranks["plain"] == [key_size] * heads
+    assert ranks["talking"] == [heads * key_size] * heads
+
+
+# --- shapes, serialization, fit, precision, XLA ----------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class SelfAttention(MultiHeadAttention):
+    """One-input form for lib.testing.check_keras_layer (which calls a layer on a single tensor)."""
+
+    def build(self, query_shape):
+        super().build(query_shape, query_shape)
+
+    def call(self, query):
+        return super().call(query, query)
+
+    def compute_output_spec(self, query):
+        return super().compute_output_spec(query, query)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_heads=2, key_size=3), dict(num_heads=3, key_size=5, value_size=2,
+                                    output_dim=4, talking_heads_pre=True, talking_heads_post=True, dropout=0.1)])
+def test_layer_config_save_load_and_fit(kwargs):
+    expected = (6, kwargs.get("output_dim", 8))
+    check_keras_layer(lambda: SelfAttention(**kwargs), (6, 8), expected_output_shape=expected)
+
+
+def test_two_input_model_with_masks_and_scores_saves_and_loads(tmp_path):
+    tokens = keras.Input((6,), dtype="int32")
+    memory = keras.Input((4, 5))
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    layer = MultiHeadAttention(2, 6, value_size=3, talking_heads_pre=True, talking_heads_post=True,
+                               talking_heads_initializer="random_normal")
+    attended, scores = layer(x, x, use_causal_mask=True, return_attention_scores=True)
+    crossed = MultiHeadAttention(2, 4)(attended, memory)
+    model = keras.Model([tokens, memory], [crossed, scores])
+    assert tuple(scores.shape) == (None, 2, 6, 6)
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 20, size=(3, 6)), rng.normal(size=(3, 4, 5)).astype("float32")]
+    before = model.predict(batch, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    for a, b in zip(before, loaded.predict(batch, verbose=0)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.layers[2].get_config() == layer.get_config()
+
+
+def test_mixed_precision_and_xla():
+    keras.utils.set_random_seed(0)  # the weights too: the large-logit check below must not depend on the draw
+    query, value = inputs()
+    reference_layer = MultiHeadAttention(4, 8, talking_heads_pre=True, talking_heads_initializer="random_normal")
+    expected = reference_layer(query, value, use_causal_mask=False)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = MultiHeadAttention(4, 8, talking_heads_pre=True, dropout=0.1)
+        layer(query, value)
+        layer.set_weights(reference_layer.get_weights())
+        output, scores = tf.function(lambda q, v: layer(q, v, return_attention_scores=True),
+                                     jit_compile=True)(query, value)
+        assert output.dtype == tf.float16 and scores.dtype == tf.float16
+        assert all(w.dtype == "float32" for w in layer.weights)
+        np.testing.assert_allclose(np.asarray(output, "float32"), expected, rtol=2e-2, atol=2e-2)
+        # logits far beyond float16's exp range (e^11 already overflows) stay finite: masking and the softmax
+        # run in float32 (the logits themselves must still fit float16's 65504, as in Keras's layer)
+        large_query, large_value = 100.0 * query, 100.0 * value
+        logits = np.asarray(layer.attention_logits(large_query, large_value))
+        assert 100.0 < np.abs(logits).max() < 65504.0
+        output = layer(large_query, large_value, use_causal_mask=True)
+        assert np.all(np.isfinite(np.asarray(output, "float32")))
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def test_xla_matches_eager_with_masks():
+    query, value = inputs(length_q=7)
+    layer = MultiHeadAttention(2, 4, talking_heads_pre=True, talking_heads_post=True,
+                               talking_heads_initializer="random_normal")
+    mask = np.random.default_rng(4).random((2, 7, 7)) > 0.5
+    eager = layer(query, value, attention_mask=mask, use_causal_mask=True)
+    compiled = tf.function(lambda q, v, m: layer(q, v, attention_mask=m, use_causal_mask=True),
+                           jit_compile=True)(query, value, mask)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_fully_masked_rows_give_zero_weights_and_no_nan():
+    query, value = inputs()
+    mask = np.ones((2, 5, 7), bool)
+    mask[0, 1] = False
+    layer = MultiHeadAttention(2, 4, talking_heads_post=True)
+    output, scores = layer(query, value, attention_mask=mask, return_attention_scores=True)
+    assert np.all(np.asarray(scores)[0, :, 1] == 0.0)
+    assert np.all(np.isfinite(output))
+
+
+def test_mask_of_rank_two_and_of_ones_and_zeros():
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4)
+    mask = (np.random.default_rng(5).random((5, 7)) > 0.5).astype("float32")
+    mask[:, 0] = 1
+    _, from_2d = layer(query, value, attention_mask=mask, return_attention_scores=True)
+    _, from_3d = layer(query, value, attention_mask=np.broadcast_to(mask > 0, (2, 5, 7)), return_attention_scores=True)
+    np.testing.assert_array_equal(from_2d, from_3d)
+
+
+# --- counts --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(value_size=3), dict(output_dim=7), dict(use_bias=False),
+                                    dict(talking_heads_pre=True),
+                                    dict(talking_heads_pre=True, talking_heads_post=True)])
+def test_parameter_count_equals_the_layer_count(kwargs):
+    layer = MultiHeadAttention(3, 5, **kwargs)
+    layer(np.zeros((1, 2, 10), "float32"), np.zeros((1, 2, 10), "float32"))
+    assert attention.parameter_count(10, 3, 5, **kwargs) == layer.count_params()
+
+
+def test_parameter_count_of_bert_base_and_symbolic_form():
+    assert attention.parameter_count(768, 12, 64) == 4 * 768 * 768 + 4 * 768
+    d, h, k = sp.symbols("d h k", positive=True)
+    difference = attention.parameter_count(d, h, 2 * k, k) - attention.parameter_count(d, h, k, k)
+    assert sp.expand(difference - 2 * h * k * (d + 1)) == 0
+
+
+def test_flop_count_matches_a_count_by_hand():
+    t, d, h, k = 10, 12, 3, 4
+    by_hand = 2 * (3 * t * d * h * k + 2 * h * t * t * k + t * h * k * d)
+    assert attention.flop_count(t, d, h, k) == by_hand
+    assert attention.flop_count(t, d, h, k, talking_heads_pre=True) == by_hand + 2 * h * h * t * t
+    assert attention.flop_count(t, d, h, k, key_length=5) < by_hand
+
+
+# --- the experiment's helpers ----------------------------------------------------------------------------------
+
+
+def test_random_attention_maps_are_stochastic_and_reproducible():
+    maps = attention.random_attention_maps(3, 6, temperature=0.5, seed=1)
+    assert maps.shape == (3, 6, 6) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(maps, attention.random_attention_maps(3, 6, temperature=0.5, seed=1))
+
+
+def test_kl_divergence():
+    p = np.array([[0.5, 0.5, 0.0]])
+    q = np.array([[0.25, 0.25, 0.5]])
+    assert attention.kl_divergence(p, q) == pytest.approx(np.log(2.0))
+    assert attention.kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_low_rank_logit_error_falls_to_zero_at_full_rank():
+    targets = attention.random_attention_maps(2, 8, seed=0)
+    errors = [attention.low_rank_logit_error(targets, rank) for rank in range(1, 8)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 1e-10  # row-centred log-maps have rank n - 1
+
+
+def test_fit_attention_maps_reaches_the_target_only_with_enough_key_size():
+    targets = attention.random_attention_maps(2, 6, seed=0)
+    small, full = attention.fit_attention_maps(targets, [1, 6], steps=300)
+    assert (small.key_size, full.key_size) == (1, 6)
+    assert full.kl < 0.01 < small.kl, (small.kl, full.kl)
+    # the least-squares rank-1 logits are one point a head of key size 1 can reach: the fit does at least as well
+    assert small.kl <= attention.low_rank_logit_error(targets, 1) * 1.05
+    assert small.history.shape == (300,) and small.history[-1] < small.history[0]
+
+
+def test_talking_heads_fit_a_shared_map_like_one_head_of_h_times_the_key_size():
+    heads, length = 3, 9
+    shared = np.repeat(attention.random_attention_maps(1, length, seed=1), heads, axis=0)
+    (plain_1, plain_3), (talking_1,) = (attention.fit_attention_maps(shared, [1, 3], steps=400),
+                                        attention.fit_attention_maps(shared, [1], steps=400, talking_heads_pre=True))
+    assert talking_1.kl < 0.5 * plain_1.kl, (talking_1.kl, plain_1.kl)
+    assert talking_1.kl < 1.5 * plain_3.kl + 0.01, (talking_1.kl, plain_3.kl)
+
+
+# --- errors ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_heads=0, key_size=4), r"`num_heads` must be a positive integer. Received: num_heads=0"),
+    (dict(num_heads=2.0, key_size=4), r"`num_heads` must be a positive integer. Received: num_heads=2.0"),
+    (dict(num_heads=2, key_size=-1), r"`key_size` must be a positive integer. Received: key_size=-1"),
+    (dict(num_heads=2, key_size=None), r"`key_size` must be a positive integer. Received: key_size=None"),
+    (dict(num_heads=2, key_size=4, value_size=0), r"`value_size` must be a positive integer or None. Received"),
+    (dict(num_heads=2, key_size=4, output_dim=True), r"`output_dim` must be a positive integer or None. Received"),
+    (dict(num_heads=2, key_size=4, dropout=1.0), r"`dropout` must be a number in \[0, 1\). Received: dropout=1.0"),
+    (dict(num_heads=2, key_size=4, talking_heads_pre=1), r"`talking_heads_pre` must be a bool. Received"),
+    (dict(num_heads=2, key_size=4, talking_heads_post="yes"), r"`talking_heads_post` must be a bool. Received"),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiHeadAttention(**kwargs)
+
+
+def test_bad_shapes_raise_value_error():
+    layer = MultiHeadAttention(2, 4)
+    with pytest.raises(ValueError, match=r"`query` must have shape \(batch, length, features\).*"
+                                         r"Received: query.shape=\(2, 5\)"):
+        layer(np.zeros((2, 5), "float32"), np.zeros((2, 5, 3), "float32"))
+    with pytest.raises(ValueError, match=r"`key` and `value` must have the same length \(axis 1\). "
+                                         r"Received: key.shape=\(2, 4, 3\), value.shape=\(2, 5, 3\)"):
+        MultiHeadAttention(2, 4)(np.zeros((2, 5, 3), "float32"), np.zeros((2, 5, 3), "float32"),
+                                 np.zeros((2, 4, 3), "float32"))
+    layer(np.zeros((2, 5, 3), "float32"), np.zeros((2, 5, 3), "float32"))
+    with pytest.raises(ValueError, match=r"`value` must have shape \(batch, length, 3\), as when the layer was "
+                                         r"built. Received: value.shape=\(2, 5, 4\)"):
+        layer(np.zeros((2, 5, 3), "float32"), np.zeros((2, 5, 4), "float32"))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6), (5,), (2, 1, 5, 7), (3, 5, 7)])
+def test_bad_mask_shape_raises_value_error(shape):
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4)
+    with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable to \(batch, query_length, "
+                                         r"value_length\)=\(2, 5, 7\). Received: attention_mask.shape="
+                                         + re.escape(str(shape))):
+        layer(query, value, attention_mask=np.ones(shape, bool))
+
+
+def test_experiment_helpers_reject_bad_input():
+    with pytest.raises(ValueError, match=r"`temperature` must be positive. Received: temperature=0"):
+        attention.random_attention_maps(2, 4, temperature=0)
+    with pytest.raises(ValueError, match=r"`targets` must have shape \(num_heads, length, length\)"):
+        attention.fit_attention_maps(np.ones((2, 3, 4)) / 4, [2])
+    with pytest.raises(ValueError, match=r"`targets` must be row-stochastic"):
+        attention.fit_attention_maps(np.ones((2, 3, 3)), [2])
+    with pytest.raises(ValueError, match=r"`key_sizes` must be a positive integer. Received: key_sizes=0"):
+        attention.fit_attention_maps(np.ones((2, 3, 3)) / 3, [2, 0])
+    with pytest.raises(ValueError, match=r"`rank` must be a positive integer. Received: rank=0"):
+        attention.low_rank_logit_error(np.ones((1, 3, 3)) / 3, 0)
+    with pytest.raises(ValueError, match=r"`target` and `predicted` must have the same shape"):
+        attention.kl_divergence(np.ones((2, 3)), np.ones((3, 2)))
