@@ -17,7 +17,6 @@ n + m floats per factored n x m matrix.
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lib import benchmarking, config, optimizers  # noqa: E402
+from lib import benchmarking, optimizers  # noqa: E402
 
 
 def make_model(vocabulary, width, context, embedding):
@@ -98,13 +97,11 @@ def main():
     })
     state["ratio"] = state["state bytes"] / state.loc["keras Adafactor", "state bytes"]
 
-    report = config.environment_report()
     parameters = sum(int(np.prod(v.shape)) for v in models["Adam"].trainable_variables)
     print(f"AdaFactor benchmark: vocabulary {args.vocabulary}, embedding {args.embedding}, width {args.width}, "
           f"context {args.context}, batch {args.batch}, {parameters:,} parameters, XLA={args.xla}, "
           f"{args.rounds} rounds x {args.repeats} repeats, median ms")
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"device: {report['device']}")
+    print(benchmarking.environment_line())
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
         print(pd.concat(tables, axis=1))
         print(state)

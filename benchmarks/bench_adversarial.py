@@ -20,7 +20,6 @@ is the one to read.
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lib import adversarial, benchmarking, config  # noqa: E402
+from lib import adversarial, benchmarking  # noqa: E402
 
 
 def char_cnn(vocabulary, length, width, seed=0):
@@ -118,11 +117,9 @@ def main():
             cpu[kind].append((time.process_time() - start) / args.repeats)
     table["cpu ms"] = [1e3 * statistics.median(cpu[kind]) for kind in table.index]
     table["cpu ratio"] = table["cpu ms"] / table.loc["plain keras", "cpu ms"]
-    report = config.environment_report()
     print(f"Adversarial training step: batch {args.batch}, length {args.length}, vocabulary {args.vocabulary}, "
           f"width {args.width}, XLA={args.xla}; {args.rounds} rounds x {args.repeats} repeats, median ms")
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"device: {report['device']}")
+    print(benchmarking.environment_line())
     with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 120):
         print(table)
     for column in ("ratio", "cpu ratio"):

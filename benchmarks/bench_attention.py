@@ -12,7 +12,6 @@ size doubled. The design targets: lib plain <= 1.05x Keras, and talking heads (b
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -21,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lib import attention, benchmarking, config  # noqa: E402
+from lib import attention, benchmarking  # noqa: E402
 from lib.attention import MultiHeadAttention  # noqa: E402
 
 
@@ -78,12 +77,10 @@ def main():
     flops["keras MultiHeadAttention"] = flops["lib plain"]
     table["forward GFLOP"] = [args.batch * flops[name] / 1e9 for name in table.index]
 
-    report = config.environment_report()
     print(f"Attention benchmark, forward + backward: batch {args.batch}, length {args.length}, hidden "
           f"{args.hidden}, {args.heads} heads of {head}; XLA={args.xla}; {args.rounds} rounds x {args.repeats} "
           f"repeats, median ms")
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"device: {report['device']}")
+    print(benchmarking.environment_line())
     print(f"max |lib plain - keras| on the output: {difference.max():.2e}")
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
         print(table)

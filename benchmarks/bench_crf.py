@@ -19,7 +19,6 @@ step by step, and two busy thread pools (TensorFlow's and torch's) in one proces
 
 import argparse
 import os
-import platform
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -50,14 +49,12 @@ def main():
     import torch
     import torchcrf
 
-    from lib import benchmarking, config, crf
+    from lib import benchmarking, crf
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", module="torchcrf")  # its uint8-mask deprecation warning, once per call
-    report = config.environment_report()
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"torch {torch.__version__}, pytorch-crf {getattr(torchcrf, '__version__', '0.7.2')}, "
-          f"device: {report['device']}, threads {args.threads}")
+    print(benchmarking.environment_line(torch=torch.__version__,
+                                        pytorch_crf=getattr(torchcrf, "__version__", "0.7.2"), threads=args.threads))
     verdicts = []
     pd.set_option("display.float_format", "{:.2f}".format)
     pd.set_option("display.width", 140)

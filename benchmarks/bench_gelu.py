@@ -9,7 +9,6 @@ lib is no slower than Keras for the same form, ratio <= 1.0). Forward and forwar
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -17,7 +16,7 @@ import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lib import activations, benchmarking, config  # noqa: E402
+from lib import activations, benchmarking  # noqa: E402
 
 KERAS_FLAG = {"none": False, "tanh": True}
 
@@ -55,11 +54,9 @@ def main():
             table.loc[name, "ms"] / table.loc[f"keras {name.split()[1]}", "ms"] if name.startswith("lib ")
             and f"keras {name.split()[1]}" in table.index else float("nan") for name in table.index]
         tables[mode] = table
-    report = config.environment_report()
     print(f"GELU benchmark: {args.size:,} float32 values, XLA={args.xla}, {args.rounds} rounds x {args.repeats} "
           f"repeats, median ms")
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"device: {report['device']}")
+    print(benchmarking.environment_line())
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 120):
         print(pd.concat(tables, axis=1))
     for mode, table in tables.items():

@@ -15,7 +15,6 @@ DESIGN.md sets no speed target for this module; the script reports the ratios so
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -24,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from lib import benchmarking, config, losses  # noqa: E402
+from lib import benchmarking, losses  # noqa: E402
 
 
 def article_recipe(y_true, y_pred):
@@ -76,11 +75,9 @@ def main():
                        for name, fn in IMPLEMENTATIONS.items()}
             tables[(n, mode)] = benchmarking.compare(runners, reference="keras BCE", repeats=args.repeats,
                                                      rounds=args.rounds)
-    report = config.environment_report()
     print(f"Multi-label loss benchmark: batch {args.batch}, labels {args.labels}, XLA={args.xla}, "
           f"{args.rounds} rounds x {args.repeats} repeats, median ms; ratio = time / keras BCE")
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"device: {report['device']}")
+    print(benchmarking.environment_line())
     table = pd.concat(tables, names=["labels", "mode"]).unstack("implementation")
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200,
                            "display.max_columns", None):

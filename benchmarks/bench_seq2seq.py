@@ -15,7 +15,6 @@ step to cost about twice a plain step, and the script reports that ratio.
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -105,11 +104,9 @@ def main():
     decode_table = benchmarking.compare(decoding, reference="teacher-forced scoring (one pass)",
                                         repeats=args.repeats, rounds=args.rounds)
 
-    report = config.environment_report()
     print(f"seq2seq benchmark: batch {args.batch} words, source length 12, target length 13, embedding "
           f"{args.embedding}, hidden {args.hidden}; {args.rounds} rounds x {args.repeats} repeats, median ms")
-    print(f"python {platform.python_version()}, tensorflow {report['tensorflow']}, keras {report['keras']}, "
-          f"device: {report['device']}")
+    print(benchmarking.environment_line())
     with pd.option_context("display.float_format", "{:.2f}".format, "display.width", 120):
         print("\ntraining step (ratio to teacher forcing)")
         print(train_table)

@@ -82,3 +82,18 @@ def tf_runner(fn: Callable, *args, jit_compile: bool = False) -> Callable[[], ob
         return tf.reshape(first, [-1])[0].numpy()
 
     return run
+
+
+def environment_line(**extra: object) -> str:
+    """One line naming the versions and the device a benchmark ran on, for the top of its table.
+
+    ``extra`` adds ``name value`` pairs (other libraries' versions, thread counts).
+    """
+    import platform
+
+    from lib import config
+
+    report = config.environment_report()
+    parts = [f"python {platform.python_version()}", f"tensorflow {report['tensorflow']}", f"keras {report['keras']}",
+             *(f"{name.replace('_', '-')} {value}" for name, value in extra.items()), f"device: {report['device']}"]
+    return ", ".join(parts)

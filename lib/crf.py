@@ -115,6 +115,17 @@ def _mask(mask, emissions):
     return ops.cast(mask, "bool")
 
 
+def _checked(emissions, transitions, start_transitions, end_transitions, mask):
+    """Check and convert the arguments every public function takes; returns
+    ``(emissions, transitions, start, end, mask)``."""
+    emissions = _emissions(emissions)
+    num_tags = emissions.shape[-1]
+    transitions = _transitions(transitions, num_tags)
+    start = _boundary(start_transitions, num_tags, "start_transitions")
+    end = _boundary(end_transitions, num_tags, "end_transitions")
+    return emissions, transitions, start, end, _mask(mask, emissions)
+
+
 def _transitions(transitions, num_tags, name="transitions"):
     transitions = ops.cast(ops.convert_to_tensor(transitions), "float32")
     if _shape(transitions) != (num_tags, num_tags) and not (
@@ -314,12 +325,8 @@ def path_score(emissions, tags, transitions, mask=None, start_transitions=None, 
     >>> float(path_score(emissions, np.array([[0, 1]]), transitions)[0])  # 1 + 0.5 + 2
     3.5
     """
-    emissions = _emissions(emissions)
-    num_tags = emissions.shape[-1]
-    transitions = _transitions(transitions, num_tags)
-    start = _boundary(start_transitions, num_tags, "start_transitions")
-    end = _boundary(end_transitions, num_tags, "end_transitions")
-    mask = _mask(mask, emissions)
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
     tags = _tags(tags, emissions, mask)
     steps = [tags] + ([transitions] if len(transitions.shape) == 4 else [])
     emissions, mask, lengths, _, aligned = _prepare(emissions, mask, *steps)
@@ -442,12 +449,8 @@ def log_partition(emissions, transitions, mask=None, start_transitions=None, end
     >>> round(float(log_partition(emissions, np.zeros((2, 2)))[0]), 5) == round(math.log(8), 5)
     True
     """
-    emissions = _emissions(emissions)
-    num_tags = emissions.shape[-1]
-    transitions = _transitions(transitions, num_tags)
-    start = _boundary(start_transitions, num_tags, "start_transitions")
-    end = _boundary(end_transitions, num_tags, "end_transitions")
-    mask = _mask(mask, emissions)
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
     steps = [transitions] if len(transitions.shape) == 4 else []
     emissions, mask, lengths, _, aligned = _prepare(emissions, mask, *steps)
     if steps:
@@ -482,12 +485,8 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
         Su Jianlin, "CRF用过了，不妨再了解下更快的MEMM？", https://kexue.fm/archives/7213 (2020);
         Lafferty, McCallum & Pereira, "Conditional Random Fields", ICML 2001.
     """
-    emissions = _emissions(emissions)
-    num_tags = emissions.shape[-1]
-    transitions = _transitions(transitions, num_tags)
-    start = _boundary(start_transitions, num_tags, "start_transitions")
-    end = _boundary(end_transitions, num_tags, "end_transitions")
-    mask = _mask(mask, emissions)
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
     tags = _tags(tags, emissions, mask)
     steps = [tags] + ([transitions] if len(transitions.shape) == 4 else [])
     emissions, mask, lengths, _, aligned = _prepare(emissions, mask, *steps)
@@ -578,15 +577,12 @@ def memm_log_likelihood(emissions, tags, transitions, mask=None, start_transitio
         Markov Models for Information Extraction and Segmentation", ICML 2000.
     """
     _check_direction(direction)
-    emissions = _emissions(emissions)
-    num_tags = emissions.shape[-1]
-    transitions = _transitions(transitions, num_tags)
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
     if len(transitions.shape) != 2:
+        num_tags = emissions.shape[-1]
         raise ValueError(f"`transitions` of an MEMM must have shape ({num_tags}, {num_tags}). "
                          f"Received: transitions.shape={_shape(transitions)}")
-    start = _boundary(start_transitions, num_tags, "start_transitions")
-    end = _boundary(end_transitions, num_tags, "end_transitions")
-    mask = _mask(mask, emissions)
     tags = _tags(tags, emissions, mask)
     emissions, mask, lengths, _, (tags,) = _prepare(emissions, mask, tags)
     return _memm_log_likelihood_aligned(emissions, tags, transitions, mask, lengths, start, end, direction)
@@ -642,12 +638,8 @@ def memm_potentials(emissions, transitions, mask=None, start_transitions=None, e
         step order of ``mask`` (entry ``t`` of ``pairwise`` links the valid step before ``t`` to ``t``).
     """
     _check_direction(direction)
-    emissions = _emissions(emissions)
-    num_tags = emissions.shape[-1]
-    transitions = _transitions(transitions, num_tags)
-    start = _boundary(start_transitions, num_tags, "start_transitions")
-    end = _boundary(end_transitions, num_tags, "end_transitions")
-    mask = _mask(mask, emissions)
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
     aligned_emissions, prefix, lengths, order, _ = _prepare(emissions, mask)
     unary, pairwise = _memm_potentials_aligned(aligned_emissions, transitions, prefix, lengths, start, end,
                                                direction)
@@ -735,12 +727,8 @@ def viterbi_decode(emissions, transitions, mask=None, start_transitions=None, en
     >>> ops.convert_to_numpy(viterbi_decode(emissions, np.zeros((2, 2)), mask=[[True, False, True]])).tolist()
     [[0, -1, 1]]
     """
-    emissions = _emissions(emissions)
-    num_tags = emissions.shape[-1]
-    transitions = _transitions(transitions, num_tags)
-    start = _boundary(start_transitions, num_tags, "start_transitions")
-    end = _boundary(end_transitions, num_tags, "end_transitions")
-    mask = _mask(mask, emissions)
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
     steps = [transitions] if len(transitions.shape) == 4 else []
     aligned, prefix, lengths, order, others = _prepare(emissions, mask, *steps)
     if steps:
