@@ -45,6 +45,9 @@ from lib.transformer import (
 
 ARTICLE_URL = "https://kexue.fm/archives/7187"
 
+PRETRAINED_ASSET = pathlib.Path(__file__).parent / "assets" / "albert-mlm-zh-tiny.keras"
+"""The chapter's pre-trained ALBERT (the default :class:`PretrainingRecipe`), shipped inside the library."""
+
 # --- text: a character tokenizer and BERT's masking ------------------------------------------------------------
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -361,13 +364,14 @@ def pretrain(recipe: PretrainingRecipe = PretrainingRecipe(), *, verbose: bool =
     return model, metadata
 
 
-def load_or_pretrain(recipe: PretrainingRecipe = PretrainingRecipe(), *, asset=None, cache: bool = True,
+def load_or_pretrain(recipe: PretrainingRecipe = PretrainingRecipe(), *, asset=PRETRAINED_ASSET, cache: bool = True,
                      verbose: bool = False):
     """The chapter's pre-trained ALBERT: from the user cache if there, else from ``asset``, else trained now.
 
     This is the UvA notebooks' "load if present, else train": the first run that trains writes the model to
     ``lib.config.cache_dir("albert-untied")`` (atomically), and later runs load it. ``asset`` is a committed
-    copy; it is used only if it was trained with exactly this ``recipe`` (its metadata says so).
+    copy (by default :data:`PRETRAINED_ASSET`, which the library ships); it is used only if it was trained with
+    exactly this ``recipe`` (its metadata says so), and ``None`` skips it.
 
     Returns:
         ``(model, metadata, source)`` with ``source`` one of ``"cache"``, ``"asset"``, ``"trained"``.
