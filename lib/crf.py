@@ -813,6 +813,10 @@ class _ChainHead(keras.layers.Layer):
     def _boundaries(self):
         return self.start_transitions, self.end_transitions
 
+    def _ensure_built(self, emissions):
+        if not self.built:
+            self.build(tuple(ops.shape(emissions)))
+
     def get_config(self):
         return {**super().get_config(), "num_tags": self.num_tags,
                 "use_boundary_transitions": self.use_boundary_transitions,
@@ -881,10 +885,6 @@ class CRF(_ChainHead):
         self._ensure_built(emissions)
         return viterbi_decode(emissions, self.transitions, mask, *self._boundaries(), pad_tag=pad_tag)
 
-    def _ensure_built(self, emissions):
-        if not self.built:
-            self.build(tuple(ops.shape(emissions)))
-
     def get_config(self):
         return {**super().get_config(), "parallel": self.parallel}
 
@@ -937,8 +937,6 @@ class MEMM(_ChainHead):
         self._ensure_built(emissions)
         return memm_decode(emissions, self.transitions, mask, *self._boundaries(), direction=self.direction,
                            decoding=self.decoding, pad_tag=pad_tag)
-
-    _ensure_built = CRF._ensure_built
 
     def get_config(self):
         return {**super().get_config(), "direction": self.direction, "decoding": self.decoding}
