@@ -68,8 +68,10 @@ class MultiHeadAttention(keras.layers.Layer):
         P⁽ⁱ⁾ = Σⱼ μᵢⱼ P̂⁽ʲ⁾            (talking heads after the softmax; else P⁽ⁱ⁾ = P̂⁽ⁱ⁾)
         O⁽ⁱ⁾ = dropout(P⁽ⁱ⁾) (value W_V⁽ⁱ⁾ + b_V⁽ⁱ⁾)                                  (T × value_size)
 
-    and the output is ``[O⁽¹⁾, ..., O⁽ʰ⁾] W_O + b_O``. The article's point is the rank bound in the
-    first line: with the customary ``key_size = d / h`` a head cannot express an arbitrary T × S
+    and the output is ``[O⁽¹⁾, ..., O⁽ʰ⁾] W_O + b_O``. The mixing weights are stored as kernels that map head j to
+    head i: λᵢⱼ = ``talking_heads_pre_kernel[j, i]`` and μᵢⱼ = ``talking_heads_post_kernel[j, i]``.
+
+    The article's point is the rank bound in the first line: with the customary ``key_size = d / h`` a head cannot express an arbitrary T × S
     attention pattern once ``key_size`` is below the sequence length.
 
     Args:
