@@ -103,12 +103,12 @@ def gelu(x, approximate="none"):
     form = canonical_approximation(approximate)
     x = ops.convert_to_tensor(x)
     if form == "sigmoid" or keras.backend.standardize_dtype(x.dtype) == "float64":
-        # float64: TensorFlow's fused GELU kernel is accurate only to ~1e-7 relative; the
-        # composite formula keeps double precision (the fits of chapter 1 rely on it).
+        # float64: tf.nn.gelu agrees with the formula only to ~1e-7 relative (found by the float64 test);
+        # the composite formula keeps double precision (the fits of chapter 1 rely on it).
         return x * normal_cdf(x, form)
-    # float16/bfloat16/float32: the exact and tanh forms go through Keras's own op, which TensorFlow
-    # runs as one fused kernel with its own gradient: the same function as x * normal_cdf(x), and
-    # faster forward and backward on CPU (benchmarks/bench_gelu.py).
+    # float16/bfloat16/float32: the exact and tanh forms go through Keras's own op (tf.nn.gelu, built
+    # from TensorFlow's element-wise ops): the same function as x * normal_cdf(x), and measured faster
+    # forward and backward on CPU (benchmarks/bench_gelu.py).
     return ops.gelu(x, approximate=form == "tanh")
 
 
