@@ -35,11 +35,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib.checks import check_positive_int
 from lib.transformer import (
     MaskedLanguageModel,
     SequenceClassifier,
     TransformerEncoder,
-    _check_positive_int,
     _QuietRetracing,
 )
 
@@ -102,7 +102,7 @@ class CharTokenizer:
     @classmethod
     def from_texts(cls, texts: Iterable[str], max_size: int, min_count: int = 1) -> "CharTokenizer":
         """The special tokens, then the most frequent characters (ties in first-seen order), ``max_size`` in all."""
-        max_size = _check_positive_int("max_size", max_size)
+        max_size = check_positive_int("max_size", max_size)
         if max_size < len(SPECIAL_TOKENS):
             raise ValueError(f"`max_size` must be at least {len(SPECIAL_TOKENS)}. Received: max_size={max_size}")
         probe = cls(SPECIAL_TOKENS)
@@ -120,7 +120,7 @@ class CharTokenizer:
 
     def encode(self, texts: Iterable[str], length: int) -> np.ndarray:
         """``[CLS] text [SEP]`` ids, truncated to ``length`` (``[SEP]`` kept) and padded: int32 ``(n, length)``."""
-        length = _check_positive_int("length", length)
+        length = check_positive_int("length", length)
         if length < 3:
             raise ValueError(f"`length` must be at least 3 ([CLS], one token, [SEP]). Received: length={length}")
         rows = [[self.cls_id, *self.ids(text)[: length - 2], self.sep_id] for text in texts]
@@ -132,7 +132,7 @@ class CharTokenizer:
     def encode_chunks(self, texts: Iterable[str], length: int, min_tokens: int = 2) -> np.ndarray:
         """Like :meth:`encode`, but long texts are cut into consecutive chunks instead of truncated (for
         pre-training), and chunks shorter than ``min_tokens`` characters are dropped."""
-        length = _check_positive_int("length", length)
+        length = check_positive_int("length", length)
         width = length - 2
         chunks = []
         for text in texts:
@@ -173,7 +173,7 @@ def mask_tokens(token_ids, *, vocabulary_size, mask_id, special_ids, rate=0.15, 
     if not 0.0 < float(rate) < 1.0:
         raise ValueError(f"`rate` must be in (0, 1). Received: rate={rate!r}")
     n, length = token_ids.shape
-    m = _check_positive_int("max_predictions", max_predictions or int(np.ceil(rate * length)))
+    m = check_positive_int("max_predictions", max_predictions or int(np.ceil(rate * length)))
     rng = np.random.default_rng(seed)
     special = np.isin(token_ids, np.asarray(list(special_ids)))
     ordinary = ~special
@@ -483,9 +483,9 @@ class FineTuner:
         if not isinstance(model, SequenceClassifier):
             raise ValueError(f"`model` must be a SequenceClassifier. Received: model={model!r}")
         self.model = model
-        self.epochs = _check_positive_int("epochs", epochs)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
-        train_size = _check_positive_int("train_size", train_size)
+        self.epochs = check_positive_int("epochs", epochs)
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        train_size = check_positive_int("train_size", train_size)
         if train_size < self.batch_size:
             raise ValueError(f"`train_size` must be at least batch_size={self.batch_size}. "
                              f"Received: train_size={train_size}")
@@ -550,7 +550,7 @@ class FineTuner:
             A dict with ``steps`` and ``valid_accuracy`` (the learning curve), ``train_loss`` (per epoch),
             ``step_seconds`` (median duration of a training step) and ``seconds`` (the whole run).
         """
-        evaluations = _check_positive_int("evaluations", evaluations)
+        evaluations = check_positive_int("evaluations", evaluations)
         if len(x_train) != len(y_train) or len(x_valid) != len(y_valid):
             raise ValueError("`x_train`/`y_train` and `x_valid`/`y_valid` must have the same lengths. Received: "
                              f"{len(x_train)}/{len(y_train)} and {len(x_valid)}/{len(y_valid)}")

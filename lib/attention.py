@@ -30,18 +30,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib.checks import check_positive_int
+
 LARGE_NEGATIVE = -1e9
 """Logit given to masked positions. Masking happens in float32 or wider (see
 :meth:`MultiHeadAttention.attention_logits`)."""
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        expected = "a positive integer or None" if allow_none else "a positive integer"
-        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_bool(name, value):
@@ -135,11 +128,11 @@ class MultiHeadAttention(keras.layers.Layer):
                  talking_heads_post=False, dropout=0.0, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", talking_heads_initializer="identity", seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = _check_positive_int("num_heads", num_heads)
-        self.key_size = _check_positive_int("key_size", key_size)
-        value_size = _check_positive_int("value_size", value_size, allow_none=True)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.key_size = check_positive_int("key_size", key_size)
+        value_size = check_positive_int("value_size", value_size, allow_none=True)
         self.value_size = self.key_size if value_size is None else value_size
-        self.output_dim = _check_positive_int("output_dim", output_dim, allow_none=True)
+        self.output_dim = check_positive_int("output_dim", output_dim, allow_none=True)
         self.talking_heads_pre = _check_bool("talking_heads_pre", talking_heads_pre)
         self.talking_heads_post = _check_bool("talking_heads_post", talking_heads_post)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -399,8 +392,8 @@ def random_attention_maps(num_maps, length, *, temperature=1.0, seed=0):
     Their log-maps are full rank (up to the row shift that the softmax ignores): the kind of pattern
     that a head of small key size cannot express. Returns float32 (num_maps, length, length).
     """
-    num_maps = _check_positive_int("num_maps", num_maps)
-    length = _check_positive_int("length", length)
+    num_maps = check_positive_int("num_maps", num_maps)
+    length = check_positive_int("length", length)
     if not temperature > 0:
         raise ValueError(f"`temperature` must be positive. Received: temperature={temperature!r}")
     logits = np.random.default_rng(seed).normal(size=(num_maps, length, length)) / temperature
@@ -428,7 +421,7 @@ def low_rank_logit_error(targets, rank):
     logits, so the optimum of :func:`fit_attention_maps` is at most this value: a reference curve that
     needs no training.
     """
-    rank = _check_positive_int("rank", rank)
+    rank = check_positive_int("rank", rank)
     targets = np.asarray(targets, dtype=np.float64)
     log_targets = np.log(targets)
     centred = log_targets - log_targets.mean(axis=-1, keepdims=True)
@@ -480,8 +473,8 @@ def fit_attention_maps(targets, key_sizes, *, talking_heads_pre=False, steps=600
                          f"Received: targets.shape={targets.shape}")
     if not np.allclose(targets.sum(-1), 1.0, atol=1e-4) or targets.min() < 0:
         raise ValueError("`targets` must be row-stochastic (non-negative rows that sum to 1).")
-    key_sizes = [_check_positive_int("key_sizes", k) for k in np.atleast_1d(key_sizes).tolist()]
-    steps = _check_positive_int("steps", steps)
+    key_sizes = [check_positive_int("key_sizes", k) for k in np.atleast_1d(key_sizes).tolist()]
+    steps = check_positive_int("steps", steps)
     num_heads, length, _ = targets.shape
     keras.utils.set_random_seed(seed)
     inputs = tf.eye(length, batch_shape=[1])

@@ -28,21 +28,13 @@ import numpy as np
 from keras import ops
 
 from lib.activations import GELU, canonical_approximation
+from lib.checks import check_positive_int
 from lib.attention import MultiHeadAttention
 
 ARTICLE_URL = "https://kexue.fm/archives/7187"
 
 
 # --- argument checks -----------------------------------------------------------------------------------------
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}. "
-                         f"Received: {name}={value!r}")
-    return int(value)
 
 
 def _check_non_negative_int(name, value):
@@ -143,10 +135,10 @@ class Embeddings(keras.layers.Layer):
     def __init__(self, vocabulary_size, embedding_size, hidden_size=None, max_length=512, num_segments=2,
                  dropout=0.0, layer_norm_epsilon=1e-12, initializer_range=0.02, **kwargs):
         super().__init__(**kwargs)
-        self.vocabulary_size = _check_positive_int("vocabulary_size", vocabulary_size)
-        self.embedding_size = _check_positive_int("embedding_size", embedding_size)
-        self.hidden_size = _check_positive_int("hidden_size", hidden_size, allow_none=True)
-        self.max_length = _check_positive_int("max_length", max_length)
+        self.vocabulary_size = check_positive_int("vocabulary_size", vocabulary_size)
+        self.embedding_size = check_positive_int("embedding_size", embedding_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size, allow_none=True)
+        self.max_length = check_positive_int("max_length", max_length)
         self.num_segments = _check_non_negative_int("num_segments", num_segments)
         self.dropout = _check_rate("dropout", dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
@@ -243,14 +235,14 @@ class TransformerBlock(keras.layers.Layer):
                  talking_heads_pre=False, talking_heads_post=False, dropout=0.0, attention_dropout=0.0,
                  activation="tanh", layer_norm_epsilon=1e-12, initializer_range=0.02, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
-        self.num_heads = _check_positive_int("num_heads", num_heads)
-        self.intermediate_size = _check_positive_int("intermediate_size", intermediate_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.intermediate_size = check_positive_int("intermediate_size", intermediate_size)
         if key_size is None and self.hidden_size % self.num_heads:
             raise ValueError("`hidden_size` must be divisible by `num_heads` when `key_size` is not given. "
                              f"Received: hidden_size={hidden_size}, num_heads={num_heads}")
-        self.key_size = _check_positive_int("key_size", key_size, allow_none=True)
-        self.value_size = _check_positive_int("value_size", value_size, allow_none=True)
+        self.key_size = check_positive_int("key_size", key_size, allow_none=True)
+        self.value_size = check_positive_int("value_size", value_size, allow_none=True)
         self.talking_heads_pre = bool(talking_heads_pre)
         self.talking_heads_post = bool(talking_heads_post)
         self.dropout = _check_rate("dropout", dropout)
@@ -373,10 +365,10 @@ class TransformerEncoder(keras.layers.Layer):
                  talking_heads_post=False, activation="tanh", layer_norm_epsilon=1e-12, initializer_range=0.02,
                  vocabulary=None, **kwargs):
         super().__init__(**kwargs)
-        self.vocabulary_size = _check_positive_int("vocabulary_size", vocabulary_size)
-        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
-        self.num_layers = _check_positive_int("num_layers", num_layers)
-        self.embedding_size = _check_positive_int("embedding_size", embedding_size, allow_none=True)
+        self.vocabulary_size = check_positive_int("vocabulary_size", vocabulary_size)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.num_layers = check_positive_int("num_layers", num_layers)
+        self.embedding_size = check_positive_int("embedding_size", embedding_size, allow_none=True)
         self.share_layers = bool(share_layers)
         self.dropout = _check_rate("dropout", dropout)
         self.attention_dropout = self.dropout if attention_dropout is None else _check_rate(
@@ -597,7 +589,7 @@ class SequenceClassifier(keras.Model):
         if not isinstance(encoder, TransformerEncoder):
             raise ValueError(f"`encoder` must be a TransformerEncoder. Received: encoder={encoder!r}")
         self.encoder = encoder
-        self.num_classes = _check_positive_int("num_classes", num_classes)
+        self.num_classes = check_positive_int("num_classes", num_classes)
         self.dropout = _check_rate("dropout", dropout)
         init = encoder.blocks[0].initializer_range
         self.pooler = keras.layers.Dense(encoder.hidden_size, activation="tanh", dtype=self.dtype_policy,
