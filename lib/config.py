@@ -1,9 +1,12 @@
 """One place for the book's run-time settings: scale, seeds and the data cache.
 
-Every chapter runs at one of two scales, chosen by the environment variable ``BOOK_SCALE``:
+Every chapter runs at one of three scales, chosen by the environment variable ``BOOK_SCALE``:
 
 * ``quick`` (the default): small but real data, CPU-friendly, about 90 seconds a chapter.
-  Tests, CI and the HTML build use it.
+  Tests, CI and the HTML build use it; it demonstrates the code, it does not give the verdicts.
+* ``reference``: trained to convergence over several seeds, the article's methods, at most about
+  45 minutes a chapter on a 2-core CPU. Its results are committed (``lib/results``) and give the
+  chapters' verdicts; ``python -m lib.experiments CHAPTER --scale reference`` runs it.
 * ``full``: article-scale data and training, meant for a GPU (for example Colab).
 
 Chapters never read ``os.environ`` themselves; they ask this module, so the switch is read
@@ -17,7 +20,7 @@ import pathlib
 import platform
 import sys
 
-SCALES = ("quick", "full")
+SCALES = ("quick", "reference", "full")
 """The scales a chapter can run at."""
 
 SCALE_ENV = "BOOK_SCALE"
@@ -27,7 +30,7 @@ DEFAULT_SEED = 2020
 
 
 def scale() -> str:
-    """Return the current scale, ``"quick"`` or ``"full"``, read from ``BOOK_SCALE``.
+    """Return the current scale, ``"quick"``, ``"reference"`` or ``"full"``, read from ``BOOK_SCALE``.
 
     Raises:
         ValueError: if ``BOOK_SCALE`` is set to anything else.
@@ -51,17 +54,23 @@ def is_full() -> bool:
     return scale() == "full"
 
 
-def pick(quick, full):
-    """Return ``quick`` or ``full`` according to the current scale.
+def pick(quick, full, reference=None):
+    """Return ``quick``, ``reference`` or ``full`` according to the current scale.
 
-    This is how a chapter states both of its sizes side by side, so a reader sees
-    what the full run does differently:
+    This is how a chapter states its sizes side by side, so a reader sees what the larger runs do
+    differently. Where ``reference`` is not given, the reference scale uses ``quick``'s value (a
+    chapter whose experiment has no reference settings of its own runs its quick demonstration).
 
     >>> n_train = pick(quick=1_000, full=1_000_000)
     >>> n_train == (1_000_000 if is_full() else 1_000)
     True
     """
-    return full if is_full() else quick
+    current = scale()
+    if current == "full":
+        return full
+    if current == "reference" and reference is not None:
+        return reference
+    return quick
 
 
 def cache_dir(*parts: str) -> pathlib.Path:
