@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL = 3
 PYTEST_ARGS = --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 \
               --doctest-modules --durations=10
 
-.PHONY: install book test lab notebooks bench clean
+.PHONY: install book test lab notebooks results bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ notebooks: install
 	  (cd $$(dirname $$nb) && $(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	     --ExecutePreprocessor.timeout=600 $$(basename $$nb)) || exit 1; \
 	done
+
+## make results: run the reference scale of every chapter that has one, one after the other, resuming
+## interrupted runs (tens of minutes each on 2 cores); `make results CHAPTER=crf-memm` runs one chapter
+CHAPTER ?= $(shell $(BIN)/python -c "from lib.experiments import CHAPTERS; print(' '.join(CHAPTERS))" 2>/dev/null)
+results: install
+	for chapter in $(CHAPTER); do $(BIN)/python -m lib.experiments $$chapter --scale reference --resume || exit 1; done
 
 ## make bench: run every benchmark script (installs the benchmarks' own extras first)
 bench: install

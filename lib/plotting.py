@@ -69,3 +69,26 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None, height
     size = (width or (base_width if ncols == 1 else 3.6 * ncols), height or base_height * nrows)
     fig, axes = plt.subplots(nrows, ncols, figsize=size, layout="constrained")
     return fig, axes
+
+
+def seed_curves(ax, curves, key: str, *, color: str | None = None, label: str | None = None, linestyle: str = "-"):
+    """Plot a learning curve over seeds: each seed thin, the mean over the seeds still running bold.
+
+    Args:
+        ax: the matplotlib Axes.
+        curves: one curve per seed, each a list of dicts with ``"epoch"`` and ``key`` (as
+            ``lib.training.train_with_early_stopping`` returns them); seeds may stop at different epochs.
+        key: the quantity to plot.
+        color, label, linestyle: passed to matplotlib (the label goes on the mean line).
+    """
+    import numpy as np
+
+    if not curves or any(not curve for curve in curves):
+        raise ValueError(f"`curves` must hold one non-empty curve per seed. Received: {len(curves)} curves")
+    for curve in curves:
+        ax.plot([row["epoch"] for row in curve], [row[key] for row in curve], color=color, alpha=0.25,
+                linewidth=0.8, linestyle=linestyle)
+    longest = max(len(curve) for curve in curves)
+    epochs = np.arange(1, longest + 1)
+    mean = [np.mean([curve[e - 1][key] for curve in curves if len(curve) >= e]) for e in epochs]
+    ax.plot(epochs, mean, color=color, label=label, linestyle=linestyle)

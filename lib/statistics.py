@@ -20,7 +20,12 @@ import numpy as np
 
 
 def _vector(name, values, minimum_length=1):
-    array = np.asarray(values, dtype=float)
+    try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a 1-D sequence of numbers. Received: {name}={values!r}") from None
     if array.ndim != 1 or len(array) < minimum_length:
         raise ValueError(f"`{name}` must be a 1-D sequence of at least {minimum_length} numbers. "
                          f"Received: {name} of shape {array.shape}")
@@ -134,3 +139,27 @@ def bootstrap_ratio_difference(numerator_a, numerator_b, denominator, *, confide
             "low": float(np.quantile(differences, tail)), "high": float(np.quantile(differences, 1 - tail)),
             "rate_a": float(a.sum() / n.sum()), "rate_b": float(b.sum() / n.sum()), "units": int(len(n)),
             "confidence": confidence}
+
+
+def interval_text(result: dict, *, scale: float = 1.0, digits: int = 2) -> str:
+    """``"+0.52 [+0.14, +0.90]"``: a :func:`paired_difference` (or bootstrap) result, scaled, for tables.
+
+    >>> interval_text({"mean": 0.0052, "low": 0.0014, "high": 0.009}, scale=100)
+    '+0.52 [+0.14, +0.90]'
+    """
+    centre = result["mean"] if "mean" in result else result["difference"]
+    return (f"{scale * centre:+.{digits}f} [{scale * result['low']:+.{digits}f}, "
+            f"{scale * result['high']:+.{digits}f}]")
+
+
+def sign_of_interval(result: dict) -> str:
+    """``"above zero"``, ``"below zero"`` or ``"includes zero"``: what an interval says about a difference.
+
+    >>> sign_of_interval({"low": -0.1, "high": 0.3})
+    'includes zero'
+    """
+    if result["low"] > 0:
+        return "above zero"
+    if result["high"] < 0:
+        return "below zero"
+    return "includes zero"

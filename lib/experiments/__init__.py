@@ -72,11 +72,16 @@ def code_hash(chapter: str) -> str:
     return hashlib.sha256(source).hexdigest()
 
 
+RESULTS_ENV = "BOOK_RESULTS_DIR"
+"""Environment variable: a folder of your own results (``--out``) for the chapters to read instead."""
+
+
 def results_path(chapter: str, scale: str, folder=None) -> pathlib.Path:
-    """``folder/CHAPTER/SCALE.json``, with ``folder`` defaulting to the package's ``lib/results``."""
+    """``folder/CHAPTER/SCALE.json``; ``folder`` defaults to ``$BOOK_RESULTS_DIR`` if set, else the package's
+    ``lib/results`` (the committed results)."""
     module(chapter)
     check_scale(scale)
-    return pathlib.Path(folder or RESULTS_DIR) / chapter / f"{scale}.json"
+    return pathlib.Path(folder or os.environ.get(RESULTS_ENV) or RESULTS_DIR) / chapter / f"{scale}.json"
 
 
 def refresh_command(chapter: str, scale: str) -> str:
@@ -121,6 +126,7 @@ def write_json_atomically(path: pathlib.Path, value) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(value, stream, indent=1, sort_keys=False, allow_nan=False)
             stream.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make an installed results file unreadable to others
         os.replace(temporary, path)
     except BaseException:
         pathlib.Path(temporary).unlink(missing_ok=True)

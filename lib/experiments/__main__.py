@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", choices=experiments.EXPERIMENT_SCALES, default="reference")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the scale's own)")
     parser.add_argument("--out", default=str(experiments.RESULTS_DIR),
-                        help="folder for CHAPTER/SCALE.json (default: the package's lib/results)")
+                        help="folder for CHAPTER/SCALE.json (default: the package's lib/results; point "
+                             f"${experiments.RESULTS_ENV} at another folder for the chapters to read it)")
     parser.add_argument("--resume", action="store_true", help="keep the seeds an interrupted run finished")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

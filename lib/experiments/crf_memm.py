@@ -37,16 +37,18 @@ _SCALES = {
               "encoders": {"weak": {"embedding_dim": 64, "train_sentences": 3_000, "learning_rate": 6e-3,
                                     "max_epochs": 3, "jit_compile": False, "seeds": [0, 1]}}},
     "reference": {"validation_sentences": 2_000, "test_sentences": None, "seeds": [0, 1, 2, 3, 4],
-                  "encoders": {"weak": {"embedding_dim": 128, "train_sentences": None, "learning_rate": 5e-3,
-                                        "max_epochs": 20, "jit_compile": True, "seeds": [0, 1, 2, 3, 4]},
-                               "BiLSTM": {"embedding_dim": 128, "lstm_units": 64, "train_sentences": 16_000,
-                                          "learning_rate": 2e-3, "max_epochs": 10, "jit_compile": False,
+                  "encoders": {"weak": {"embedding_dim": 128, "train_sentences": 16_000, "learning_rate": 5e-3,
+                                        "max_epochs": 15, "jit_compile": False, "seeds": [0, 1, 2, 3, 4]},
+                               "BiLSTM": {"embedding_dim": 128, "lstm_units": 64, "train_sentences": 8_000,
+                                          "learning_rate": 3e-3, "max_epochs": 8, "jit_compile": False,
                                           "seeds": [0, 1, 2]}}},
+    # XLA (jit_compile) is off: on TensorFlow 2.21 the frozen-transition Softmax head fails to compile its
+    # gradient ("tf2xla conversion failed ... StatelessIf"); a GPU runs these models fast enough without it
     "full": {"validation_sentences": None, "test_sentences": None, "seeds": [0, 1, 2, 3, 4],
              "encoders": {"weak": {"embedding_dim": 128, "train_sentences": None, "learning_rate": 5e-3,
-                                   "max_epochs": 30, "jit_compile": True, "seeds": [0, 1, 2, 3, 4]},
+                                   "max_epochs": 30, "jit_compile": False, "seeds": [0, 1, 2, 3, 4]},
                           "BiLSTM": {"embedding_dim": 128, "lstm_units": 128, "train_sentences": None,
-                                     "learning_rate": 2e-3, "max_epochs": 15, "jit_compile": True,
+                                     "learning_rate": 2e-3, "max_epochs": 15, "jit_compile": False,
                                      "seeds": [0, 1, 2, 3, 4]}}},
 }
 
