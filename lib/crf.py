@@ -654,25 +654,52 @@ def memm_potentials(emissions, transitions, mask=None, start_transitions=None, e
 # ---------------------------------------------------------------------------------------------------
 
 
+def _pack(*parts):
+    """Time-major ``(n, batch, ...)`` float32 tensors as one ``(n, batch, sum of sizes)`` tensor.
+
+    Keras's TensorFlow ``ops.scan`` fails when it gets several ``xs`` of unknown length (it calls
+    ``assert_is_compatible_with`` on ``None``), so every step input travels packed in one tensor.
+    Packing only moves values (a bool mask becomes 0.0/1.0), so the numbers are unchanged.
+    """
+    flat = [ops.reshape(ops.cast(x, "float32"), (ops.shape(x)[0], ops.shape(x)[1], math.prod(x.shape[2:])))
+            for x in parts]
+    return flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=-1)
+
+
+def _unpack(x, shapes):
+    """Undo :func:`_pack` for one step: ``x`` is ``(batch, sum of sizes)``; ``shapes`` the trailing shapes."""
+    parts, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        parts.append(ops.reshape(x[:, offset:offset + size], (-1, *shape)))
+        offset += size
+    return parts
+
+
 def _viterbi_aligned(unary, transitions, mask, start, end):
     per_step = len(transitions.shape) == 4
+    num_tags = unary.shape[-1]
     e = _time_major(unary)
     g = _time_major(transitions) if per_step else transitions
     m = None if mask is None else ops.expand_dims(_time_major(mask), -1)  # (time, batch, 1)
     delta = e[0] if start is None else e[0] + start
+    # step inputs: (scores, g_t if per step, mask_t if masked), packed into one tensor for ops.scan
+    shapes = [(num_tags,)] + ([(num_tags, num_tags)] if per_step else []) + ([(1,)] if m is not None else [])
+
+    def inputs(first):
+        return _pack(first, *([g[1:]] if per_step else []), *([m[1:]] if m is not None else []))
 
     def step(delta, x):  # delta_t(j) = max_i(delta_{t-1}(i) + g(i, j)) + f_t(j)
-        x = list(x)
+        x = _unpack(x, shapes)
         scores = ops.expand_dims(delta, 2) + (x[1] if per_step else g)  # (batch, from, to)
         new = ops.max(scores, axis=1) + x[0]
-        new = new if m is None else ops.where(x[-1], new, delta)
+        new = new if m is None else ops.where(x[-1] > 0.5, new, delta)
         return new, new
 
     if unary.shape[1] == 1:
         deltas = None
     else:
-        xs = (e[1:],) + ((g[1:],) if per_step else ()) + ((m[1:],) if m is not None else ())
-        delta, later = ops.scan(step, delta, xs)
+        delta, later = ops.scan(step, delta, inputs(e[1:]))
         deltas = ops.concatenate([ops.expand_dims(e[0] if start is None else e[0] + start, 0), later[:-1]], 0)
     if end is not None:
         delta = delta + end
@@ -682,18 +709,17 @@ def _viterbi_aligned(unary, transitions, mask, start, end):
         return ops.expand_dims(last, 1), best_score
 
     def back(tag, x):  # y_{t-1} = argmax_i(delta_{t-1}(i) + g(i, y_t)): the back-pointer, recomputed
-        x = list(x)
+        x = _unpack(x, shapes)
         if per_step:
             column = ops.squeeze(ops.take_along_axis(x[1], ops.reshape(tag, (-1, 1, 1)), axis=2), 2)
         else:
             column = ops.take(ops.transpose(g), tag, axis=0)  # g(., y_t): (batch, from)
         previous = ops.cast(ops.argmax(x[0] + column, axis=1), "int32")
         if m is not None:
-            previous = ops.where(ops.squeeze(x[-1], -1), previous, tag)  # a padded step keeps the tag
+            previous = ops.where(ops.squeeze(x[-1], -1) > 0.5, previous, tag)  # a padded step keeps the tag
         return previous, previous
 
-    xs = (deltas,) + ((g[1:],) if per_step else ()) + ((m[1:],) if m is not None else ())
-    _, earlier = ops.scan(back, last, xs, reverse=True)  # earlier[t] = tag at step t
+    _, earlier = ops.scan(back, last, inputs(deltas), reverse=True)  # earlier[t] = tag at step t
     tags = ops.concatenate([earlier, ops.expand_dims(last, 0)], axis=0)
     return ops.moveaxis(tags, 0, 1), best_score
 

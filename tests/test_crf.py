@@ -222,6 +222,37 @@ def test_memm_score_decoding_is_the_crf_viterbi():
                                   crf.viterbi_decode(e, g, mask, start, end).numpy())
 
 
+DYNAMIC = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+
+
+@pytest.mark.parametrize("mask_name", [name for name in MASKS if name != "none"])
+@pytest.mark.parametrize("decoder", ["crf", "crf per-step", "memm forward", "memm both", "memm score"])
+def test_decoding_traces_with_an_unknown_time_axis(mask_name, decoder):
+    # (batch, time) unknown while tracing, as in predict on a padded_batch dataset: same tags as eagerly
+    e, g, start, end, _ = random_case(15)
+    g4 = tf.constant(np.random.default_rng(15).normal(size=(3, 4, 3, 3)).astype("float32"))
+    decode = {"crf": lambda e_, m_: crf.viterbi_decode(e_, g, m_, start, end, return_score=True),
+              "crf per-step": lambda e_, m_: crf.viterbi_decode(e_, g4[:tf.shape(e_)[0], :tf.shape(e_)[1]], m_),
+              "memm forward": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end),
+              "memm both": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end, direction="both"),
+              "memm score": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end, decoding="score")}[decoder]
+    mask = MASKS[mask_name]
+    eager = tf.nest.flatten(decode(tf.constant(e), tf.constant(mask)))
+    traced = tf.nest.flatten(tf.function(decode, input_signature=DYNAMIC)(e, mask))
+    for a, b in zip(eager, traced):
+        np.testing.assert_array_equal(b.numpy(), a.numpy())
+    # a shorter batch through the same graph
+    short = tf.nest.flatten(tf.function(decode, input_signature=DYNAMIC)(e[:2, :3], mask[:2, :3]))
+    np.testing.assert_array_equal(short[0].numpy(), tf.nest.flatten(decode(e[:2, :3], mask[:2, :3]))[0].numpy())
+
+
+def test_memm_decoding_traces_with_an_unknown_time_axis_and_no_mask():
+    e, g, start, end, _ = random_case(16)
+    decode = tf.function(lambda e_: crf.memm_decode(e_, g, None, start, end, direction="both"),
+                         input_signature=DYNAMIC[:1])
+    np.testing.assert_array_equal(decode(e).numpy(), crf.memm_decode(e, g, None, start, end, direction="both"))
+
+
 @pytest.mark.parametrize("time", [1, 2, 37, 64])
 @pytest.mark.parametrize("k", [2, 5])
 def test_parallel_forward_equals_sequential(time, k):
@@ -406,6 +437,27 @@ def test_tagger_trains_decodes_and_survives_save_load(head, save):
     np.testing.assert_array_equal(loaded.predict(ids, batch_size=64, verbose=0), predicted)
     np.testing.assert_array_equal(loaded.head.transitions.numpy(), tagger.head.transitions.numpy())
     assert loaded.head.get_config() == tagger.head.get_config()
+
+
+@pytest.mark.parametrize("head", [lambda: crf.CRF(3), lambda: crf.MEMM(3, direction="both")], ids=["crf", "bi-memm"])
+def test_tagger_predicts_on_a_padded_batch_dataset(head):
+    # padded_batch leaves the time axis unknown while predict traces: decoding must not need it
+    ids, tags = toy_task(n=24)
+    tagger = make_tagger(head())
+    tagger.compile(optimizer="adam")
+    ids[8:16, 5:] = 0  # batches of different lengths (8, 5, 3): the traced step relaxes time to None
+    ids[16:, 3:] = 0
+    tagger(ids[:1])
+    tagger.head.transitions.assign(np.random.default_rng(2).normal(scale=2.0, size=(3, 3)))
+    rows = [row[row != 0] for row in ids]
+    dataset = tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=tf.TensorSpec([None], tf.int32))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(rows))).padded_batch(8)
+    assert [batch.shape[1] for batch in dataset] == [8, 5, 3]
+    predicted = tagger.predict(dataset, verbose=0).to_list()  # (Keras joins batches of unequal length as ragged)
+    expected = tagger.predict(ids, batch_size=8, verbose=0)
+    for row, n in enumerate((ids != 0).sum(1)):
+        assert predicted[row][:n] == expected[row, :n].tolist()
+        assert set(predicted[row][n:]) <= {-1}
 
 
 def test_left_padding_gives_the_same_loss_and_tags_as_right_padding():
