@@ -256,15 +256,26 @@ def _prefix_mask(lengths, time):
     return ops.expand_dims(ops.arange(time, dtype="int32"), 0) < ops.expand_dims(lengths, 1)
 
 
+def _zero_masked(x, mask):
+    """``x`` with 0 at the masked steps of its ``(batch, time, ...)`` axes, selected (never multiplied), so an
+    inf or NaN there cannot reach a value or a gradient."""
+    keep = mask
+    for _ in range(len(x.shape) - 2):
+        keep = ops.expand_dims(keep, -1)
+    return ops.where(keep, x, ops.zeros((), x.dtype))
+
+
 def _prepare(emissions, mask, *others):
-    """Left-align emissions (and step-indexed ``others``) under ``mask``.
+    """Left-align emissions (and step-indexed ``others``) under ``mask``, with 0 at the masked steps.
 
     Returns ``(emissions, prefix_mask or None, lengths or None, order or None, others)``.
     """
     if mask is None:
         return emissions, None, None, None, list(others)
     order, lengths, aligned = left_align(mask, emissions, *others)
-    return aligned[0], _prefix_mask(lengths, ops.shape(emissions)[1]), lengths, order, aligned[1:]
+    prefix = _prefix_mask(lengths, ops.shape(emissions)[1])
+    aligned = [_zero_masked(x, prefix) for x in aligned]
+    return aligned[0], prefix, lengths, order, aligned[1:]
 
 
 def _time_major(x):
@@ -278,23 +289,27 @@ def _time_major(x):
 
 def _path_score_aligned(emissions, tags, transitions, mask, lengths, start, end):
     batch, time, num_tags = ops.shape(emissions)[0], ops.shape(emissions)[1], emissions.shape[-1]
-    valid = ops.ones((batch, time), "float32") if mask is None else ops.cast(mask, "float32")
+    valid = ops.ones((batch, time), "bool") if mask is None else mask
+
+    def total(values, keep):  # sum over the valid steps, selected with where: inf * 0 would be NaN
+        return ops.sum(ops.where(keep, values, 0.0), axis=1)
+
     tags = tags if mask is None else ops.where(mask, tags, 0)
     unary = ops.squeeze(ops.take_along_axis(emissions, ops.expand_dims(tags, -1), axis=2), -1)
-    score = ops.sum(unary * valid, axis=1)
+    score = total(unary, valid)
     pair_index = tags[:, :-1] * num_tags + tags[:, 1:]  # (batch, time - 1)
     if len(transitions.shape) == 2:
         pair = ops.take(ops.reshape(transitions, (-1,)), pair_index)
     else:
         flat = ops.reshape(transitions[:, 1:], (batch, time - 1, num_tags * num_tags))
         pair = ops.squeeze(ops.take_along_axis(flat, ops.expand_dims(pair_index, -1), axis=2), -1)
-    score = score + ops.sum(pair * valid[:, 1:], axis=1)
+    score = score + total(pair, valid[:, 1:])  # a -inf (forbidden) g into a padded step must not count
     if start is not None:
-        score = score + ops.take(start, tags[:, 0]) * valid[:, 0]
+        score = score + ops.where(valid[:, 0], ops.take(start, tags[:, 0]), 0.0)
     if end is not None:
         last = (time - 1) * ops.ones((batch,), "int32") if lengths is None else ops.maximum(lengths - 1, 0)
         last_tag = ops.squeeze(ops.take_along_axis(tags, ops.expand_dims(last, -1), axis=1), -1)
-        score = score + ops.take(end, last_tag) * valid[:, 0]
+        score = score + ops.where(valid[:, 0], ops.take(end, last_tag), 0.0)
     return score
 
 
@@ -527,7 +542,7 @@ def _memm_direction_log_likelihood(emissions, tags, transitions, mask, lengths, 
     logits = emissions + context
     log_probs = logits - ops.logsumexp(logits, axis=-1, keepdims=True)
     gold = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(tags, -1), axis=2), -1)
-    return ops.sum(gold if mask is None else gold * ops.cast(mask, "float32"), axis=1)
+    return ops.sum(gold if mask is None else ops.where(mask, gold, 0.0), axis=1)  # where: inf * 0 is NaN
 
 
 def _memm_log_likelihood_aligned(emissions, tags, transitions, mask, lengths, start, end, direction):

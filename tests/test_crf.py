@@ -313,6 +313,70 @@ def test_large_scores_give_finite_non_negative_losses():
     assert crf.crf_negative_log_likelihood(e, best_tags.numpy().clip(0), g, mask, start, end).numpy().min() >= 0
 
 
+def chain_losses(e, g, tags, mask, start=None, end=None):
+    """Every loss and score of the module, by name, for one case."""
+    return {"path_score": crf.path_score(e, tags, g, mask, start, end),
+            "log_partition": crf.log_partition(e, g, mask, start, end),
+            "log_partition parallel": crf.log_partition(e, g, mask, start, end, parallel=True),
+            "crf nll": crf.crf_negative_log_likelihood(e, tags, g, mask, start, end),
+            "crf nll parallel": crf.crf_negative_log_likelihood(e, tags, g, mask, start, end, parallel=True),
+            **{f"memm nll {d}": crf.memm_negative_log_likelihood(e, tags, g, mask, start, end, direction=d)
+               for d in crf.DIRECTIONS}}
+
+
+@pytest.mark.parametrize("mask_name", [name for name in MASKS if name != "none"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_emissions_at_masked_steps_change_nothing(mask_name, bad):
+    # what an encoder leaves at padding is no part of the sequence: not even an inf or a NaN
+    e, g, start, end, tags = random_case(17)
+    mask = MASKS[mask_name]
+    poisoned = e.copy()
+    poisoned[~mask] = bad
+    results = []
+    for emissions in (tf.constant(e), tf.constant(poisoned)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(emissions)
+            values = chain_losses(emissions, g, tags, mask, start, end)
+        results.append({name: (value.numpy(), tape.gradient(value, emissions).numpy()) for name, value in values.items()})
+        results[-1]["viterbi"] = tuple(x.numpy() for x in crf.viterbi_decode(emissions, g, mask, start, end,
+                                                                            return_score=True))
+    for name, (value, gradient) in results[1].items():
+        assert np.isfinite(value).all() and np.isfinite(gradient).all(), name
+        np.testing.assert_array_equal(value, results[0][name][0], err_msg=name)
+        np.testing.assert_array_equal(gradient, results[0][name][1], err_msg=name)
+
+
+def test_a_forbidden_transition_before_padding_gives_finite_losses():
+    # g(1, 0) = g(2, 0) = -inf: tag 0 may follow only itself. Padded steps read as tag 0, so a row whose last
+    # valid tag is 1 or 2 "moves" into padding by a forbidden transition, and an empty row "ends" in tag 0 with
+    # end(0) = -inf: that score must not enter (-inf * 0 was NaN). Same for start(1) = -inf.
+    e, g, start, end, _ = random_case(18)
+    g[1:, 0] = -np.inf
+    start[1] = -np.inf
+    end[0] = -np.inf
+    tags = np.array([[2, 2, 1, 1], [2, 2, 2, 1], [2, 2, 1, 2]], "int32")  # allowed under every mask
+    for mask_name, mask in MASKS.items():
+        variable = tf.Variable(g)
+        emissions = tf.constant(e)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(emissions)
+            values = chain_losses(emissions, variable, tags, mask, start, end)
+        for name, value in values.items():
+            assert np.isfinite(value.numpy()).all(), (mask_name, name, value.numpy())
+            if "parallel" in name:  # (its K x K products hold entries whose every term is -inf: log 0, see notes)
+                continue
+            for gradient in tape.gradient(value, [emissions, variable]):
+                gradient = tf.convert_to_tensor(gradient).numpy()  # (IndexedSlices from a gather)
+                assert np.isfinite(gradient).all(), (mask_name, name, gradient)
+        for row, (logz, _, _) in enumerate(brute_force(e, g, mask, start, end)):
+            steps = valid_steps(mask, row, 4)
+            path = [tags[row, t] for t in steps]
+            expected = reference_score(e, g, path, steps, start, end, row)
+            assert values["path_score"].numpy()[row] == pytest.approx(expected, abs=1e-4)
+            assert values["crf nll"].numpy()[row] == pytest.approx(logz - expected, abs=1e-4)
+            assert values["crf nll parallel"].numpy()[row] == pytest.approx(logz - expected, abs=1e-4)
+
+
 def test_everything_compiles_with_xla_and_matches_eager():
     e, g, start, end, tags = random_case(14, batch=3, time=4)
     mask = MASKS["left padding (masked first token)"]
