@@ -35,6 +35,10 @@ SIGMOID_SCALE = 1.702
 """The λ of the sigmoid form as published (Hendrycks & Gimpel, 2016)."""
 
 
+_TANH_SATURATED = 20.0
+"""Beyond this |x| the tanh form's Φ is exactly 0 or 1 in float32 (√(2/π)(x + 0.044715 x³) > 300)."""
+
+
 def canonical_approximation(approximate) -> str:
     """Map ``approximate`` to one of :data:`APPROXIMATIONS`.
 
@@ -109,6 +113,13 @@ def gelu(x, approximate="none"):
     # float16/bfloat16/float32: the exact and tanh forms go through Keras's own op (tf.nn.gelu, built
     # from TensorFlow's element-wise ops): the same function as x * normal_cdf(x), and measured faster
     # forward and backward on CPU (benchmarks/bench_gelu.py).
+    if form == "tanh" and keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16"):
+        # x³ overflows float16 for |x| >= 41 (bfloat16 beyond ~1e12) and the gradient becomes inf·0 = NaN from
+        # |x| = 256 on. Beyond |x| = 20, Φ is 0 or 1 to float32 precision (tanh(±301)), so GELU is x or 0
+        # there: take it so, and feed the op only clipped values.
+        outside = ops.abs(x) > _TANH_SATURATED
+        inside = ops.gelu(ops.clip(x, -_TANH_SATURATED, _TANH_SATURATED), approximate=True)
+        return ops.where(outside, x * ops.cast(x > 0, x.dtype), inside)
     return ops.gelu(x, approximate=form == "tanh")
 
 

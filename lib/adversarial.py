@@ -34,6 +34,7 @@ This module uses TensorFlow directly where TensorFlow is the point: gradient tap
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import numbers
 import threading
@@ -443,7 +444,8 @@ class _LayerAdversary(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        """The wrapper from ``get_config()``; ``config`` is left unchanged (Keras consumes the nested model's)."""
+        config = copy.deepcopy(config)
         config["model"] = keras.saving.deserialize_keras_object(config["model"], custom_objects=custom_objects)
         return cls(**config)
 

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import keras
@@ -373,32 +374,72 @@ def load_or_pretrain(recipe: PretrainingRecipe = PretrainingRecipe(), *, asset=P
     copy (by default :data:`PRETRAINED_ASSET`, which the library ships); it is used only if it was trained with
     exactly this ``recipe`` (its metadata says so), and ``None`` skips it.
 
+    ``cache=False`` never touches the cache folder. A cache folder that cannot be written only warns (the model
+    is still returned); a cached file that does not load (corrupted, truncated) is removed with a warning and
+    rebuilt; temporary files that a killed run left in the cache are removed.
+
     Returns:
         ``(model, metadata, source)`` with ``source`` one of ``"cache"``, ``"asset"``, ``"trained"``.
     """
-    from lib import config
-
-    cached = config.cache_dir("albert-untied") / f"albert-mlm-{recipe.key()}.keras"
-    if cache and cached.exists():
-        model = keras.models.load_model(cached)
-        return model, model.metadata, "cache"
+    cached = _cache_file(recipe) if cache else None
+    if cached is not None and cached.exists():
+        try:
+            model = keras.models.load_model(cached)
+            return model, model.metadata, "cache"
+        except Exception as error:  # a half-written or corrupted file: Keras then reports "File not found"
+            warnings.warn(f"The cached model {cached} could not be loaded ({type(error).__name__}: {error}); "
+                          "it is removed and rebuilt.", RuntimeWarning, stacklevel=2)
+            _write_to_cache(cached.unlink, cached, missing_ok=True)
     if asset is not None and pathlib.Path(asset).exists():
         model = keras.models.load_model(asset)
         if model.metadata.get("recipe") == recipe.as_dict():
-            if cache:
-                _copy_atomically(asset, cached)
+            if cached is not None:
+                _write_to_cache(_copy_atomically, cached, asset, cached)
             return model, model.metadata, "asset"
     model, metadata = pretrain(recipe, verbose=verbose)
-    if cache:
-        save_atomically(model, cached)
+    if cached is not None:
+        _write_to_cache(save_atomically, cached, model, cached)
     return model, metadata, "trained"
+
+
+PARTIAL_PREFIX = ".partial-"
+"""Temporary folders of atomic writes start with this; a killed run's are removed later
+(:func:`lib.config.remove_stale_temporaries`)."""
+
+
+def _cache_file(recipe):
+    """The recipe's cache path, or ``None`` (with a warning) when the cache folder cannot be created."""
+    from lib import config
+
+    try:
+        folder = config.cache_dir("albert-untied")
+    except OSError as error:
+        warnings.warn(f"The cache folder cannot be created ({type(error).__name__}: {error}); the model is not "
+                      f"cached. Set {config.CACHE_ENV} to a writable folder to keep it.", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    config.remove_stale_temporaries(folder, PARTIAL_PREFIX + "*")
+    return folder / f"albert-mlm-{recipe.key()}.keras"
+
+
+def _write_to_cache(write, path, *args, **kwargs):
+    """``write(*args, **kwargs)``, turning a failure to write the cache (read-only folder, full disk) into a
+    warning: the model in hand is still good."""
+    from lib import config
+
+    try:
+        write(*args, **kwargs)
+    except OSError as error:
+        warnings.warn(f"Could not write the cache file {path} ({type(error).__name__}: {error}); the model is "
+                      f"not cached. Make the folder writable or set {config.CACHE_ENV} to a writable one.",
+                      RuntimeWarning, stacklevel=3)
 
 
 def save_atomically(model: keras.Model, path) -> pathlib.Path:
     """``model.save(path)`` through a temporary file in the same folder, so a crash never leaves half a file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=PARTIAL_PREFIX) as folder:
         temporary = pathlib.Path(folder, path.name)
         model.save(temporary)
         os.replace(temporary, path)
@@ -407,7 +448,7 @@ def save_atomically(model: keras.Model, path) -> pathlib.Path:
 
 def _copy_atomically(source, target):
     target = pathlib.Path(target)
-    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=PARTIAL_PREFIX) as folder:
         temporary = pathlib.Path(folder, target.name)
         shutil.copyfile(source, temporary)
         os.replace(temporary, target)

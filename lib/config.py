@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
+import shutil
 import sys
+import time
 
 SCALES = ("quick", "reference", "full")
 """The scales a chapter can run at."""
@@ -88,6 +90,25 @@ def cache_dir(*parts: str) -> pathlib.Path:
     path = pathlib.Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+STALE_TEMPORARY_SECONDS = 3600.0
+"""A temporary file untouched for this long belongs to a run that died, not to one still writing."""
+
+
+def remove_stale_temporaries(folder, pattern: str, max_age: float = STALE_TEMPORARY_SECONDS) -> list[pathlib.Path]:
+    """Remove the files and folders matching ``pattern`` in ``folder`` that nobody has touched for ``max_age``
+    seconds: the temporaries of atomic writes and downloads that a killed run left behind. Returns them."""
+    removed, now = [], time.time()
+    for path in pathlib.Path(folder).glob(pattern):
+        try:
+            if now - path.stat().st_mtime < max_age:
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
+    return removed
 
 
 def set_seed(seed: int = DEFAULT_SEED) -> int:

@@ -256,15 +256,26 @@ def _prefix_mask(lengths, time):
     return ops.expand_dims(ops.arange(time, dtype="int32"), 0) < ops.expand_dims(lengths, 1)
 
 
+def _zero_masked(x, mask):
+    """``x`` with 0 at the masked steps of its ``(batch, time, ...)`` axes, selected (never multiplied), so an
+    inf or NaN there cannot reach a value or a gradient."""
+    keep = mask
+    for _ in range(len(x.shape) - 2):
+        keep = ops.expand_dims(keep, -1)
+    return ops.where(keep, x, ops.zeros((), x.dtype))
+
+
 def _prepare(emissions, mask, *others):
-    """Left-align emissions (and step-indexed ``others``) under ``mask``.
+    """Left-align emissions (and step-indexed ``others``) under ``mask``, with 0 at the masked steps.
 
     Returns ``(emissions, prefix_mask or None, lengths or None, order or None, others)``.
     """
     if mask is None:
         return emissions, None, None, None, list(others)
     order, lengths, aligned = left_align(mask, emissions, *others)
-    return aligned[0], _prefix_mask(lengths, ops.shape(emissions)[1]), lengths, order, aligned[1:]
+    prefix = _prefix_mask(lengths, ops.shape(emissions)[1])
+    aligned = [_zero_masked(x, prefix) for x in aligned]
+    return aligned[0], prefix, lengths, order, aligned[1:]
 
 
 def _time_major(x):
@@ -278,23 +289,27 @@ def _time_major(x):
 
 def _path_score_aligned(emissions, tags, transitions, mask, lengths, start, end):
     batch, time, num_tags = ops.shape(emissions)[0], ops.shape(emissions)[1], emissions.shape[-1]
-    valid = ops.ones((batch, time), "float32") if mask is None else ops.cast(mask, "float32")
+    valid = ops.ones((batch, time), "bool") if mask is None else mask
+
+    def total(values, keep):  # sum over the valid steps, selected with where: inf * 0 would be NaN
+        return ops.sum(ops.where(keep, values, 0.0), axis=1)
+
     tags = tags if mask is None else ops.where(mask, tags, 0)
     unary = ops.squeeze(ops.take_along_axis(emissions, ops.expand_dims(tags, -1), axis=2), -1)
-    score = ops.sum(unary * valid, axis=1)
+    score = total(unary, valid)
     pair_index = tags[:, :-1] * num_tags + tags[:, 1:]  # (batch, time - 1)
     if len(transitions.shape) == 2:
         pair = ops.take(ops.reshape(transitions, (-1,)), pair_index)
     else:
         flat = ops.reshape(transitions[:, 1:], (batch, time - 1, num_tags * num_tags))
         pair = ops.squeeze(ops.take_along_axis(flat, ops.expand_dims(pair_index, -1), axis=2), -1)
-    score = score + ops.sum(pair * valid[:, 1:], axis=1)
+    score = score + total(pair, valid[:, 1:])  # a -inf (forbidden) g into a padded step must not count
     if start is not None:
-        score = score + ops.take(start, tags[:, 0]) * valid[:, 0]
+        score = score + ops.where(valid[:, 0], ops.take(start, tags[:, 0]), 0.0)
     if end is not None:
         last = (time - 1) * ops.ones((batch,), "int32") if lengths is None else ops.maximum(lengths - 1, 0)
         last_tag = ops.squeeze(ops.take_along_axis(tags, ops.expand_dims(last, -1), axis=1), -1)
-        score = score + ops.take(end, last_tag) * valid[:, 0]
+        score = score + ops.where(valid[:, 0], ops.take(end, last_tag), 0.0)
     return score
 
 
@@ -527,7 +542,7 @@ def _memm_direction_log_likelihood(emissions, tags, transitions, mask, lengths, 
     logits = emissions + context
     log_probs = logits - ops.logsumexp(logits, axis=-1, keepdims=True)
     gold = ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(tags, -1), axis=2), -1)
-    return ops.sum(gold if mask is None else gold * ops.cast(mask, "float32"), axis=1)
+    return ops.sum(gold if mask is None else ops.where(mask, gold, 0.0), axis=1)  # where: inf * 0 is NaN
 
 
 def _memm_log_likelihood_aligned(emissions, tags, transitions, mask, lengths, start, end, direction):
@@ -654,25 +669,52 @@ def memm_potentials(emissions, transitions, mask=None, start_transitions=None, e
 # ---------------------------------------------------------------------------------------------------
 
 
+def _pack(*parts):
+    """Time-major ``(n, batch, ...)`` float32 tensors as one ``(n, batch, sum of sizes)`` tensor.
+
+    Keras's TensorFlow ``ops.scan`` fails when it gets several ``xs`` of unknown length (it calls
+    ``assert_is_compatible_with`` on ``None``), so every step input travels packed in one tensor.
+    Packing only moves values (a bool mask becomes 0.0/1.0), so the numbers are unchanged.
+    """
+    flat = [ops.reshape(ops.cast(x, "float32"), (ops.shape(x)[0], ops.shape(x)[1], math.prod(x.shape[2:])))
+            for x in parts]
+    return flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=-1)
+
+
+def _unpack(x, shapes):
+    """Undo :func:`_pack` for one step: ``x`` is ``(batch, sum of sizes)``; ``shapes`` the trailing shapes."""
+    parts, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        parts.append(ops.reshape(x[:, offset:offset + size], (-1, *shape)))
+        offset += size
+    return parts
+
+
 def _viterbi_aligned(unary, transitions, mask, start, end):
     per_step = len(transitions.shape) == 4
+    num_tags = unary.shape[-1]
     e = _time_major(unary)
     g = _time_major(transitions) if per_step else transitions
     m = None if mask is None else ops.expand_dims(_time_major(mask), -1)  # (time, batch, 1)
     delta = e[0] if start is None else e[0] + start
+    # step inputs: (scores, g_t if per step, mask_t if masked), packed into one tensor for ops.scan
+    shapes = [(num_tags,)] + ([(num_tags, num_tags)] if per_step else []) + ([(1,)] if m is not None else [])
+
+    def inputs(first):
+        return _pack(first, *([g[1:]] if per_step else []), *([m[1:]] if m is not None else []))
 
     def step(delta, x):  # delta_t(j) = max_i(delta_{t-1}(i) + g(i, j)) + f_t(j)
-        x = list(x)
+        x = _unpack(x, shapes)
         scores = ops.expand_dims(delta, 2) + (x[1] if per_step else g)  # (batch, from, to)
         new = ops.max(scores, axis=1) + x[0]
-        new = new if m is None else ops.where(x[-1], new, delta)
+        new = new if m is None else ops.where(x[-1] > 0.5, new, delta)
         return new, new
 
     if unary.shape[1] == 1:
         deltas = None
     else:
-        xs = (e[1:],) + ((g[1:],) if per_step else ()) + ((m[1:],) if m is not None else ())
-        delta, later = ops.scan(step, delta, xs)
+        delta, later = ops.scan(step, delta, inputs(e[1:]))
         deltas = ops.concatenate([ops.expand_dims(e[0] if start is None else e[0] + start, 0), later[:-1]], 0)
     if end is not None:
         delta = delta + end
@@ -682,18 +724,17 @@ def _viterbi_aligned(unary, transitions, mask, start, end):
         return ops.expand_dims(last, 1), best_score
 
     def back(tag, x):  # y_{t-1} = argmax_i(delta_{t-1}(i) + g(i, y_t)): the back-pointer, recomputed
-        x = list(x)
+        x = _unpack(x, shapes)
         if per_step:
             column = ops.squeeze(ops.take_along_axis(x[1], ops.reshape(tag, (-1, 1, 1)), axis=2), 2)
         else:
             column = ops.take(ops.transpose(g), tag, axis=0)  # g(., y_t): (batch, from)
         previous = ops.cast(ops.argmax(x[0] + column, axis=1), "int32")
         if m is not None:
-            previous = ops.where(ops.squeeze(x[-1], -1), previous, tag)  # a padded step keeps the tag
+            previous = ops.where(ops.squeeze(x[-1], -1) > 0.5, previous, tag)  # a padded step keeps the tag
         return previous, previous
 
-    xs = (deltas,) + ((g[1:],) if per_step else ()) + ((m[1:],) if m is not None else ())
-    _, earlier = ops.scan(back, last, xs, reverse=True)  # earlier[t] = tag at step t
+    _, earlier = ops.scan(back, last, inputs(deltas), reverse=True)  # earlier[t] = tag at step t
     tags = ops.concatenate([earlier, ops.expand_dims(last, 0)], axis=0)
     return ops.moveaxis(tags, 0, 1), best_score
 

@@ -23,9 +23,11 @@ write, progress bar) and says clearly what to do when offline.
 from __future__ import annotations
 
 import collections
+import errno
 import gzip
 import importlib.util
 import json
+import os
 import pathlib
 from typing import Iterable, Sequence
 
@@ -280,27 +282,45 @@ def fetch(url: str, sha256: str, filename: str | None = None, *, folder: str = "
 
     ``pooch`` does the work: it checks the hash, writes atomically (a failed download never leaves a
     file that a later run would trust), and shows a progress bar. Without network access it raises a
-    ``ConnectionError`` that says what to do.
+    ``ConnectionError`` that says what to do; a cache folder that cannot be written raises a
+    ``PermissionError`` that names it. The temporary file of a download killed half-way (pooch's ``tmp*``)
+    is removed by a later call once it is an hour old.
     """
     import pooch
 
-    from lib.config import cache_dir
+    from lib.config import CACHE_ENV, cache_dir, remove_stale_temporaries
 
     if not isinstance(sha256, str) or len(sha256) != 64 or set(sha256.lower()) - set("0123456789abcdef"):
         raise ValueError(f"`sha256` must be 64 hexadecimal digits. Received: sha256={sha256!r}")
-    target = cache_dir(folder)
+    try:
+        target = cache_dir(folder)
+    except OSError as error:
+        raise PermissionError(f"The cache folder for {folder!r} cannot be created ({type(error).__name__}: {error}). "
+                              f"Set {CACHE_ENV} to a writable folder.") from error
+    unwritable = PermissionError(f"The cache folder {target} is not writable, so {url} cannot be saved there. "
+                                 f"Set {CACHE_ENV} to a writable folder, or make this one writable.")
+    if not os.access(target, os.W_OK):
+        raise unwritable
+    remove_stale_temporaries(target, "tmp*")
     try:
         path = pooch.retrieve(url, known_hash=f"sha256:{sha256.lower()}", fname=filename, path=target,
                               progressbar=_has_tqdm())
     except ValueError:
         raise
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # the cache, not the network
+            raise unwritable from error
+        raise _offline(url, target, filename, error) from error
     except Exception as error:  # network errors come from several libraries
-        raise ConnectionError(
-            f"Could not download {url} ({type(error).__name__}: {error}). This is only needed at full scale "
-            f"(BOOK_SCALE=full). Check the network, or download the file by hand into {target} "
-            f"(name it {filename or pathlib.Path(url).name!r}) and run again; quick scale needs no download."
-        ) from error
+        raise _offline(url, target, filename, error) from error
     return pathlib.Path(path)
+
+
+def _offline(url, target, filename, error) -> ConnectionError:
+    return ConnectionError(
+        f"Could not download {url} ({type(error).__name__}: {error}). This is only needed at full scale "
+        f"(BOOK_SCALE=full). Check the network, or download the file by hand into {target} "
+        f"(name it {filename or pathlib.Path(url).name!r}) and run again; quick scale needs no download.")
 
 
 def _has_tqdm() -> bool:

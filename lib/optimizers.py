@@ -225,6 +225,36 @@ def _dense_gradient(gradient, variable):
     return ops.convert_to_tensor(gradient)
 
 
+def _power_of_two_scale(x, axis=None):
+    """A power of two near ``max|x|`` over ``axis`` (kept as a size-1 axis; 1 where ``x`` is all zero): dividing
+    by it is exact, and it keeps the squares of ``x / scale`` (below 4) far from float overflow."""
+    finfo = np.finfo(keras.backend.standardize_dtype(x.dtype))
+    top = ops.max(ops.abs(x), axis=axis, keepdims=axis is not None)
+    exponent = ops.minimum(ops.floor(ops.log2(ops.where(top > 0, top, 1.0))), finfo.maxexp - 1)  # 2^128: inf
+    return ops.where(top > 0, ops.power(ops.cast(2.0, x.dtype), exponent), ops.ones((), x.dtype))
+
+
+def _mean_square(x, axis=None):
+    """``mean(x², axis)`` (``axis=None``: ``x²`` itself) without overflow in the square: computed on ``x / s``,
+    ``s`` a power of two near the largest ``|x|`` of each mean, and multiplied back by ``s`` twice (exact);
+    saturates at the dtype's largest value instead of becoming inf."""
+    if axis is None:
+        scale = _power_of_two_scale(ops.expand_dims(x, -1), axis=-1)[..., 0]  # element-wise
+        square = ops.square(x / scale)
+    else:
+        scale = _power_of_two_scale(x, axis=axis)
+        square = ops.mean(ops.square(x / scale), axis=axis)
+        scale = ops.squeeze(scale, axis)
+    return ops.minimum(square * scale * scale, np.finfo(keras.backend.standardize_dtype(x.dtype)).max)
+
+
+def _stable_rms(x, axis=None):
+    """:func:`rms` (over ``axis``, kept as a size-1 axis) with ``x`` scaled by a power of two first, so that a
+    huge ``x`` does not overflow to inf."""
+    scale = _power_of_two_scale(x, axis=axis)
+    return rms(x / scale, axis=axis, keepdims=axis is not None) * scale
+
+
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
@@ -247,6 +277,12 @@ class AdaFactor(keras.optimizers.Optimizer):
         u     = m = β₁ m + (1 − β₁) u                                 (only if beta_1)
         ρ     = learning_rate, or min(learning_rate, 1/√t)            (relative_step)
         θ     = θ − ρ · max(ε₂, RMS(θ)) · u                           (multiply_by_parameter_scale)
+
+    Huge and non-finite gradients: g² is formed as s²·(g/s)² with s a power of two near max|g| (exact, so a
+    finite gradient up to the dtype's largest value never overflows to inf or NaN), and the second-moment
+    statistics saturate at the dtype's largest finite value. A gradient with an inf or NaN entry **skips**
+    that variable's update: θ and its state stay as they were (eagerly and in graphs alike; under mixed
+    precision the ``LossScaleOptimizer`` skips such a step before AdaFactor sees it).
 
     The article writes the factored moment with row and column **sums**, v̂_ij = R_i C_j / Σ_j C_j; this
     class stores the row and column **means** (R_i/m and C_j/n), as the article's code and Keras do: v̂ is
@@ -411,48 +447,62 @@ class AdaFactor(keras.optimizers.Optimizer):
     # --- the update ------------------------------------------------------------------------------
 
     def update_step(self, gradient, variable, learning_rate):
-        """One AdaFactor step for one variable (the equations of the class docstring)."""
+        """One AdaFactor step for one variable (the equations of the class docstring); a gradient with an inf
+        or NaN entry leaves the variable and its state unchanged."""
         index = self._get_variable_index(variable)
         dtype = self._state_dtype(variable)
         gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
+        finite = ops.all(ops.isfinite(gradient))  # else: skip this variable (see the class docstring)
+        gradient = ops.where(finite, gradient, 0.0)
+
+        def assign(state, value):
+            self.assign(state, ops.where(finite, value, state))
+
         theta = ops.cast(variable, dtype)
         step = ops.cast(self.iterations + 1, dtype)
         beta_2 = beta_2_schedule(step, self.decay_exponent)
-        squared = ops.square(gradient) + ops.cast(self.epsilon_1, dtype)
+        epsilon_1 = ops.cast(self.epsilon_1, dtype)
 
         axes = self._factor_axes[index]
         if axes is not None:
             row_axis, col_axis = axes
             row, col = self._rows[index], self._cols[index]
-            new_row = beta_2 * row + (1.0 - beta_2) * ops.mean(squared, axis=col_axis)
-            new_col = beta_2 * col + (1.0 - beta_2) * ops.mean(squared, axis=row_axis)
-            self.assign(row, new_row)
-            self.assign(col, new_col)
-            # v̂_ij = r_i s_j / mean_i r, applied as two vector broadcasts. Taking the two square roots
-            # separately also keeps v̂ from underflowing to 0 where a whole row and a whole column had zero
-            # gradient (ε₁² = 1e-60 is 0 in float32, and 0/0 would poison RMS(u) for the whole matrix).
-            row_factor = ops.rsqrt(new_row / ops.mean(new_row, axis=row_axis, keepdims=True))
+            # mean(g² + ε₁) = mean(g²) + ε₁, with g² formed without overflow
+            new_row = beta_2 * row + (1.0 - beta_2) * (_mean_square(gradient, col_axis) + epsilon_1)
+            new_col = beta_2 * col + (1.0 - beta_2) * (_mean_square(gradient, row_axis) + epsilon_1)
+            assign(row, new_row)
+            assign(col, new_col)
+            # v̂_ij = r_i s_j / mean_i r, applied as two vector broadcasts. Taking the square roots separately
+            # keeps v̂ from underflowing to 0 where a whole row and a whole column had zero gradient (ε₁² = 1e-60
+            # is 0 in float32, and 0/0 would poison RMS(u) for the whole matrix), and r / mean r from
+            # underflowing next to a huge row. √(mean r) = RMS(√r) where the mean overflows (saturated r).
+            mean_row = ops.mean(new_row, axis=row_axis, keepdims=True)
+            root_mean_row = ops.where(ops.isfinite(mean_row), ops.sqrt(mean_row),
+                                      _stable_rms(ops.sqrt(new_row), axis=row_axis))
+            row_factor = ops.rsqrt(new_row) * root_mean_row
             col_factor = ops.rsqrt(new_col)
             update = gradient * ops.expand_dims(row_factor, col_axis) * ops.expand_dims(col_factor, row_axis)
         else:
             velocity = self._velocities[index]
-            new_velocity = beta_2 * velocity + (1.0 - beta_2) * squared
-            self.assign(velocity, new_velocity)
+            new_velocity = beta_2 * velocity + (1.0 - beta_2) * (_mean_square(gradient) + epsilon_1)
+            assign(velocity, new_velocity)
             update = gradient * ops.rsqrt(new_velocity)
 
+        finfo = np.finfo(dtype)
+        update = ops.clip(update, -finfo.max, finfo.max)  # (saturated statistics can leave an inf)
         if self.clip_threshold is not None:
-            update = update / ops.maximum(1.0, rms(update) / self.clip_threshold)
+            update = update / ops.maximum(1.0, _stable_rms(update) / self.clip_threshold)
         if self.beta_1:
             momentum = self._momenta[index]
             update = self.beta_1 * momentum + (1.0 - self.beta_1) * update
-            self.assign(momentum, update)
+            assign(momentum, update)
 
         step_size = ops.cast(learning_rate, dtype)
         if self.relative_step:
             step_size = ops.minimum(step_size, ops.rsqrt(step))
         if self.multiply_by_parameter_scale:
-            step_size = step_size * ops.maximum(ops.cast(self.epsilon_2, dtype), rms(theta))
-        self.assign_sub(variable, ops.cast(step_size * update, variable.dtype))
+            step_size = step_size * ops.maximum(ops.cast(self.epsilon_2, dtype), _stable_rms(theta))
+        self.assign_sub(variable, ops.cast(ops.where(finite, step_size * update, 0.0), variable.dtype))
 
     def get_config(self):
         return {

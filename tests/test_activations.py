@@ -65,6 +65,37 @@ def test_large_inputs_do_not_overflow(dtype):
         np.testing.assert_allclose(y, [0.0, 0.0, 45.0, 60.0], atol=1e-6, rtol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("approximate", activations.APPROXIMATIONS)
+def test_large_inputs_have_finite_gradients_in_low_precision(dtype, approximate):
+    # the tanh form's x³ overflowed float16 and its gradient was NaN from |x| = 256 on: a loss-scaled optimizer
+    # would then skip every step
+    x = tf.constant([-60000.0, -1000.0, -256.0, 256.0, 1000.0, 60000.0], dtype=dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = gelu(x, approximate=approximate)
+    gradient = tape.gradient(y, x)
+    assert y.dtype == gradient.dtype == tf.as_dtype(dtype)
+    expected = np.where(x.numpy().astype("float32") > 0, x.numpy().astype("float32"), 0.0)
+    np.testing.assert_array_equal(tf.cast(y, "float32").numpy(), expected)
+    np.testing.assert_array_equal(tf.cast(gradient, "float32").numpy(), [0, 0, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("dtype, eps", [("float16", 2.0**-10), ("bfloat16", 2.0**-7)])
+def test_tanh_form_stays_accurate_around_its_saturation_in_low_precision(dtype, eps):
+    x = tf.cast(tf.constant(np.linspace(-45.0, 45.0, 1_801)), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = gelu(x, approximate="tanh")
+    x64 = tf.cast(x, "float64")
+    with tf.GradientTape() as tape64:
+        tape64.watch(x64)
+        y64 = gelu(x64, approximate="tanh")
+    np.testing.assert_allclose(tf.cast(y, "float64").numpy(), y64.numpy(), rtol=4 * eps, atol=4 * eps)
+    np.testing.assert_allclose(tf.cast(tape.gradient(y, x), "float64").numpy(), tape64.gradient(y64, x64).numpy(),
+                               rtol=8 * eps, atol=8 * eps)
+
+
 @pytest.mark.parametrize("bad", ["erf", "TANH ", 1, None, 0.5])
 def test_bad_approximate_raises_value_error(bad):
     with pytest.raises(ValueError, match=r"`approximate` must be one of \('none', 'tanh', 'sigmoid'\)"):

@@ -378,6 +378,16 @@ def test_gradient_penalty_model_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+@pytest.mark.parametrize("cls", [FGMModel, GradientPenaltyModel])
+def test_from_config_leaves_the_given_config_unchanged(cls):
+    config = cls(text_classifier(), "embedding", 0.5).get_config()
+    before = json.dumps(config, sort_keys=True, default=str)
+    rebuilt = cls.from_config(config)
+    assert json.dumps(config, sort_keys=True, default=str) == before
+    again = cls.from_config(config)  # the same dict serves twice
+    assert same_config(again, rebuilt)
+
+
 def test_the_tap_is_inert_outside_training():
     inner = text_classifier()
     x, _ = toy_batch()

@@ -1,5 +1,8 @@
 """Tests of lib.albert: tokenizer, masking, cached pre-training, fine-tuning runs, loaders of real ALBERT weights."""
 
+import os
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -269,6 +272,58 @@ def test_committed_asset_is_the_default_recipe_and_learned_something():
     assert model.metadata["recipe"] == albert.PretrainingRecipe().as_dict()
     assert model.metadata["accuracy"][-1] > model.metadata["initial_accuracy"] + 0.1
     assert model.encoder.share_layers and len(model.encoder.vocabulary) == model.encoder.vocabulary_size
+
+
+def unwritable_cache(tmp_path, kind):
+    """A cache location that cannot be written: under a regular file (fails even for root), or a read-only folder."""
+    if kind == "under a file":
+        (tmp_path / "file").write_text("not a folder")
+        return tmp_path / "file" / "cache"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder / "cache"
+
+
+@pytest.mark.parametrize("kind", ["under a file", "read-only folder"])
+def test_shipped_model_loads_without_a_writable_cache(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(unwritable_cache(tmp_path, kind)))
+    _, _, source = albert.load_or_pretrain(cache=False)  # never touches the cache
+    assert source == "asset"
+    with pytest.warns(RuntimeWarning, match="BOOK_CACHE_DIR"):
+        _, metadata, source = albert.load_or_pretrain()  # would cache it, cannot: says so and goes on
+    assert source == "asset" and metadata["recipe"] == albert.PretrainingRecipe().as_dict()
+
+
+def test_a_corrupted_cache_file_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path))
+    cached = tmp_path / "albert-untied" / f"albert-mlm-{albert.PretrainingRecipe().key()}.keras"
+    cached.parent.mkdir()
+    cached.write_bytes(ASSET.read_bytes()[:1000])  # a copy cut short
+    with pytest.warns(RuntimeWarning, match="could not be loaded"):
+        _, _, source = albert.load_or_pretrain()
+    assert source == "asset"
+    assert cached.read_bytes() == ASSET.read_bytes()
+    _, _, source = albert.load_or_pretrain()
+    assert source == "cache"
+
+
+def test_temporaries_of_a_killed_run_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "albert-untied"
+    folder.mkdir()
+    stale, fresh = folder / f"{albert.PARTIAL_PREFIX}killed", folder / f"{albert.PARTIAL_PREFIX}running"
+    for path in (stale, fresh):
+        path.mkdir()
+        (path / "albert-mlm.keras").write_bytes(b"half a file")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    _, _, source = albert.load_or_pretrain()
+    assert source == "asset" and not stale.exists() and fresh.exists()
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [fresh.name, f"albert-mlm-{albert.PretrainingRecipe().key()}.keras"])
 
 
 def test_fine_tuner_learns_and_restarts_every_run_from_the_same_function():

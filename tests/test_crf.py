@@ -222,6 +222,37 @@ def test_memm_score_decoding_is_the_crf_viterbi():
                                   crf.viterbi_decode(e, g, mask, start, end).numpy())
 
 
+DYNAMIC = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+
+
+@pytest.mark.parametrize("mask_name", [name for name in MASKS if name != "none"])
+@pytest.mark.parametrize("decoder", ["crf", "crf per-step", "memm forward", "memm both", "memm score"])
+def test_decoding_traces_with_an_unknown_time_axis(mask_name, decoder):
+    # (batch, time) unknown while tracing, as in predict on a padded_batch dataset: same tags as eagerly
+    e, g, start, end, _ = random_case(15)
+    g4 = tf.constant(np.random.default_rng(15).normal(size=(3, 4, 3, 3)).astype("float32"))
+    decode = {"crf": lambda e_, m_: crf.viterbi_decode(e_, g, m_, start, end, return_score=True),
+              "crf per-step": lambda e_, m_: crf.viterbi_decode(e_, g4[:tf.shape(e_)[0], :tf.shape(e_)[1]], m_),
+              "memm forward": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end),
+              "memm both": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end, direction="both"),
+              "memm score": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end, decoding="score")}[decoder]
+    mask = MASKS[mask_name]
+    eager = tf.nest.flatten(decode(tf.constant(e), tf.constant(mask)))
+    traced = tf.nest.flatten(tf.function(decode, input_signature=DYNAMIC)(e, mask))
+    for a, b in zip(eager, traced):
+        np.testing.assert_array_equal(b.numpy(), a.numpy())
+    # a shorter batch through the same graph
+    short = tf.nest.flatten(tf.function(decode, input_signature=DYNAMIC)(e[:2, :3], mask[:2, :3]))
+    np.testing.assert_array_equal(short[0].numpy(), tf.nest.flatten(decode(e[:2, :3], mask[:2, :3]))[0].numpy())
+
+
+def test_memm_decoding_traces_with_an_unknown_time_axis_and_no_mask():
+    e, g, start, end, _ = random_case(16)
+    decode = tf.function(lambda e_: crf.memm_decode(e_, g, None, start, end, direction="both"),
+                         input_signature=DYNAMIC[:1])
+    np.testing.assert_array_equal(decode(e).numpy(), crf.memm_decode(e, g, None, start, end, direction="both"))
+
+
 @pytest.mark.parametrize("time", [1, 2, 37, 64])
 @pytest.mark.parametrize("k", [2, 5])
 def test_parallel_forward_equals_sequential(time, k):
@@ -280,6 +311,70 @@ def test_large_scores_give_finite_non_negative_losses():
         assert np.isfinite(values).all() and (values >= 0).all(), values
     best_tags, _ = crf.viterbi_decode(e, g, mask, start, end, return_score=True)
     assert crf.crf_negative_log_likelihood(e, best_tags.numpy().clip(0), g, mask, start, end).numpy().min() >= 0
+
+
+def chain_losses(e, g, tags, mask, start=None, end=None):
+    """Every loss and score of the module, by name, for one case."""
+    return {"path_score": crf.path_score(e, tags, g, mask, start, end),
+            "log_partition": crf.log_partition(e, g, mask, start, end),
+            "log_partition parallel": crf.log_partition(e, g, mask, start, end, parallel=True),
+            "crf nll": crf.crf_negative_log_likelihood(e, tags, g, mask, start, end),
+            "crf nll parallel": crf.crf_negative_log_likelihood(e, tags, g, mask, start, end, parallel=True),
+            **{f"memm nll {d}": crf.memm_negative_log_likelihood(e, tags, g, mask, start, end, direction=d)
+               for d in crf.DIRECTIONS}}
+
+
+@pytest.mark.parametrize("mask_name", [name for name in MASKS if name != "none"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_emissions_at_masked_steps_change_nothing(mask_name, bad):
+    # what an encoder leaves at padding is no part of the sequence: not even an inf or a NaN
+    e, g, start, end, tags = random_case(17)
+    mask = MASKS[mask_name]
+    poisoned = e.copy()
+    poisoned[~mask] = bad
+    results = []
+    for emissions in (tf.constant(e), tf.constant(poisoned)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(emissions)
+            values = chain_losses(emissions, g, tags, mask, start, end)
+        results.append({name: (value.numpy(), tape.gradient(value, emissions).numpy()) for name, value in values.items()})
+        results[-1]["viterbi"] = tuple(x.numpy() for x in crf.viterbi_decode(emissions, g, mask, start, end,
+                                                                            return_score=True))
+    for name, (value, gradient) in results[1].items():
+        assert np.isfinite(value).all() and np.isfinite(gradient).all(), name
+        np.testing.assert_array_equal(value, results[0][name][0], err_msg=name)
+        np.testing.assert_array_equal(gradient, results[0][name][1], err_msg=name)
+
+
+def test_a_forbidden_transition_before_padding_gives_finite_losses():
+    # g(1, 0) = g(2, 0) = -inf: tag 0 may follow only itself. Padded steps read as tag 0, so a row whose last
+    # valid tag is 1 or 2 "moves" into padding by a forbidden transition, and an empty row "ends" in tag 0 with
+    # end(0) = -inf: that score must not enter (-inf * 0 was NaN). Same for start(1) = -inf.
+    e, g, start, end, _ = random_case(18)
+    g[1:, 0] = -np.inf
+    start[1] = -np.inf
+    end[0] = -np.inf
+    tags = np.array([[2, 2, 1, 1], [2, 2, 2, 1], [2, 2, 1, 2]], "int32")  # allowed under every mask
+    for mask_name, mask in MASKS.items():
+        variable = tf.Variable(g)
+        emissions = tf.constant(e)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(emissions)
+            values = chain_losses(emissions, variable, tags, mask, start, end)
+        for name, value in values.items():
+            assert np.isfinite(value.numpy()).all(), (mask_name, name, value.numpy())
+            if "parallel" in name:  # (its K x K products hold entries whose every term is -inf: log 0, see notes)
+                continue
+            for gradient in tape.gradient(value, [emissions, variable]):
+                gradient = tf.convert_to_tensor(gradient).numpy()  # (IndexedSlices from a gather)
+                assert np.isfinite(gradient).all(), (mask_name, name, gradient)
+        for row, (logz, _, _) in enumerate(brute_force(e, g, mask, start, end)):
+            steps = valid_steps(mask, row, 4)
+            path = [tags[row, t] for t in steps]
+            expected = reference_score(e, g, path, steps, start, end, row)
+            assert values["path_score"].numpy()[row] == pytest.approx(expected, abs=1e-4)
+            assert values["crf nll"].numpy()[row] == pytest.approx(logz - expected, abs=1e-4)
+            assert values["crf nll parallel"].numpy()[row] == pytest.approx(logz - expected, abs=1e-4)
 
 
 def test_everything_compiles_with_xla_and_matches_eager():
@@ -406,6 +501,27 @@ def test_tagger_trains_decodes_and_survives_save_load(head, save):
     np.testing.assert_array_equal(loaded.predict(ids, batch_size=64, verbose=0), predicted)
     np.testing.assert_array_equal(loaded.head.transitions.numpy(), tagger.head.transitions.numpy())
     assert loaded.head.get_config() == tagger.head.get_config()
+
+
+@pytest.mark.parametrize("head", [lambda: crf.CRF(3), lambda: crf.MEMM(3, direction="both")], ids=["crf", "bi-memm"])
+def test_tagger_predicts_on_a_padded_batch_dataset(head):
+    # padded_batch leaves the time axis unknown while predict traces: decoding must not need it
+    ids, tags = toy_task(n=24)
+    tagger = make_tagger(head())
+    tagger.compile(optimizer="adam")
+    ids[8:16, 5:] = 0  # batches of different lengths (8, 5, 3): the traced step relaxes time to None
+    ids[16:, 3:] = 0
+    tagger(ids[:1])
+    tagger.head.transitions.assign(np.random.default_rng(2).normal(scale=2.0, size=(3, 3)))
+    rows = [row[row != 0] for row in ids]
+    dataset = tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=tf.TensorSpec([None], tf.int32))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(rows))).padded_batch(8)
+    assert [batch.shape[1] for batch in dataset] == [8, 5, 3]
+    predicted = tagger.predict(dataset, verbose=0).to_list()  # (Keras joins batches of unequal length as ragged)
+    expected = tagger.predict(ids, batch_size=8, verbose=0)
+    for row, n in enumerate((ids != 0).sum(1)):
+        assert predicted[row][:n] == expected[row, :n].tolist()
+        assert set(predicted[row][n:]) <= {-1}
 
 
 def test_left_padding_gives_the_same_loss_and_tags_as_right_padding():

@@ -1,8 +1,11 @@
 """Tests of lib.data: the shipped corpora, vocabularies, splits and the download helper."""
 
+import errno
 import hashlib
 import http.server
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -128,6 +131,37 @@ def test_fetch_offline_message(tmp_path, monkeypatch):
     monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path))
     with pytest.raises(ConnectionError, match="quick scale needs no download"):
         data.fetch("http://127.0.0.1:9/nothing.bin", "0" * 64, "nothing.bin")
+
+
+def test_fetch_into_an_unwritable_cache_says_so_not_the_network(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path / "file" / "cache"))  # cannot be created, even by root
+    with pytest.raises(PermissionError, match="BOOK_CACHE_DIR"):
+        data.fetch("http://127.0.0.1:9/nothing.bin", "0" * 64, "nothing.bin")
+    # a folder that exists but refuses the write (read-only mount, or chmod for a user that is not root)
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path / "cache"))
+    import pooch
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "cache" / "downloads"))
+
+    monkeypatch.setattr(pooch, "retrieve", refuse)
+    with pytest.raises(PermissionError, match="is not writable.*BOOK_CACHE_DIR"):
+        data.fetch("http://127.0.0.1:9/nothing.bin", "0" * 64, "nothing.bin")
+
+
+def test_fetch_removes_the_temporary_file_of_a_killed_download(local_server, tmp_path, monkeypatch):
+    url, digest, payload = local_server
+    monkeypatch.setenv("BOOK_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "downloads"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / "tmpkilled", folder / "tmprunning"  # pooch's temporary names
+    for path in (stale, fresh):
+        path.write_bytes(payload[:10])
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert data.fetch(f"{url}/corpus.bin", digest, "corpus.bin").read_bytes() == payload
+    assert sorted(path.name for path in folder.iterdir()) == ["corpus.bin", "tmprunning"]
 
 
 def test_fetch_validates_the_hash_argument():

@@ -238,6 +238,58 @@ def test_zero_row_and_zero_column_give_no_nan():
     assert np.all(np.isnan(variable.numpy()))  # documents the peer's behaviour; see the chapter
 
 
+@pytest.mark.parametrize("zero_row", [False, True])
+def test_a_huge_finite_gradient_matches_the_float64_reference(zero_row):
+    # 1.9e19² overflows float32 (max 3.4e38) though the row and column means of g² do not: g² must be formed
+    # scaled, or the whole factored matrix turns NaN
+    rng = np.random.default_rng(21)
+    theta = rng.normal(size=(3, 4))
+    g = rng.normal(size=(3, 4))
+    if zero_row:
+        g[1], g[:, 2] = 0.0, 0.0
+    g[0, 0] = 1.9e19
+    gradients = [g, rng.normal(size=(3, 4))]
+    expected, _ = reference_adafactor(theta, gradients, learning_rate=1e-2)
+    ours, _, _ = run_lib(theta, [x.astype("float32") for x in gradients], dtype="float32", learning_rate=1e-2)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("big", [1e20, 3e38, float(np.finfo("float32").max)])
+@pytest.mark.parametrize("setting", ["paper defaults", "momentum", "unfactored", "no clipping, no scale"])
+def test_no_finite_gradient_gives_a_nan(big, setting):
+    # beyond 1.8e19 the statistics saturate at float32's largest value (documented), but nothing becomes NaN
+    rng = np.random.default_rng(22)
+    for g in (np.where(np.arange(12).reshape(3, 4) == 0, big, rng.normal(size=(3, 4))),
+              np.full((3, 4), big), np.where(np.eye(3, 4) > 0, big, 0.0)):
+        ours, optimizer, variable = run_lib(np.ones((3, 4)), [g.astype("float32")] * 3, dtype="float32",
+                                            **SETTINGS[setting])
+        assert np.isfinite(ours).all(), (big, setting, ours)
+        assert all(np.isfinite(v.numpy()).all() for v in optimizer.state_of(variable).values())
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_non_finite_gradient_skips_that_variable(bad, graph):
+    # documented: θ and its state stay as they were; the other variables take their step
+    rng = np.random.default_rng(23)
+    matrix = keras.Variable(rng.normal(size=(3, 4)).astype("float32"))
+    vector = keras.Variable(rng.normal(size=(4,)).astype("float32"))
+    optimizer = AdaFactor(1e-2, beta_1=0.9, min_dim_size_to_factor=1)
+    optimizer.build([matrix, vector])
+    step = lambda gradients: optimizer.apply(gradients, [matrix, vector])  # noqa: E731
+    apply = tf.function(step) if graph else step
+    apply([rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")])
+    before = matrix.numpy(), {k: v.numpy() for k, v in optimizer.state_of(matrix).items()}, vector.numpy()
+    poisoned = rng.normal(size=(3, 4)).astype("float32")
+    poisoned[1, 2] = bad
+    apply([poisoned, rng.normal(size=(4,)).astype("float32")])
+    np.testing.assert_array_equal(matrix.numpy(), before[0])
+    for role, value in optimizer.state_of(matrix).items():
+        np.testing.assert_array_equal(value.numpy(), before[1][role], err_msg=role)
+    assert not np.array_equal(vector.numpy(), before[2])  # the finite gradient was applied
+    assert int(optimizer.iterations.numpy()) == 2
+
+
 # --- Keras integration: sparse gradients, XLA, config, save/load -------------------------------------------
 
 
