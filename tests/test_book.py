@@ -1,6 +1,7 @@
 """Tests of the book itself: the build, the table of contents, and the rules every chapter follows."""
 
 import ast
+import html
 import importlib
 import inspect
 import json
@@ -125,3 +126,64 @@ def test_gelu_page_shows_the_fitted_constants(built_book):
     page = (built_book / "book/part1-building-blocks/gelu.html").read_text()
     assert re.search(r"0\.04471\d+", page)
     assert re.search(r"1\.70\d+", page)
+
+
+def solution_probes(path):
+    """Lines of code that a chapter has only inside its gated solutions (one per solution code cell)."""
+    inside, in_solution, outside = False, [], []
+    for cell in load(path)["cells"]:
+        text = source(cell)
+        if cell["cell_type"] == "markdown":
+            # A markdown cell may end one solution and start the next; the last marker wins.
+            markers = re.findall(r"\{solution-(start|end)\}", text)
+            if markers:
+                inside = markers[-1] == "start"
+        elif cell["cell_type"] == "code":
+            (in_solution if inside else outside).append(text)
+    seen_outside = {line.strip() for text in outside for line in text.splitlines()}
+    probes = []
+    for text in in_solution:
+        lines = [line.strip() for line in text.splitlines()
+                 if len(line.strip()) > 25 and line.strip() not in seen_outside and not line.strip().startswith("#")]
+        if lines:
+            probes.append(max(lines, key=len))
+    return probes
+
+
+def page_text(page):
+    """The text a reader sees: tags dropped and entities decoded (code keeps its characters)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+@pytest.fixture(scope="module")
+def student_book(tmp_path_factory):
+    """Build the student edition as `make student` does: the same config with hide_solutions true."""
+    output = tmp_path_factory.mktemp("student")
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["sphinx"]["config"]["hide_solutions"] = True
+    # Local extensions are found relative to the config file, which now lives elsewhere.
+    config["sphinx"]["local_extensions"] = {name: str(ROOT / folder)
+                                            for name, folder in config["sphinx"]["local_extensions"].items()}
+    (output / "_config.yml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    command = [str(pathlib.Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT),
+               "--config", str(output / "_config.yml"), "--path-output", str(output), "-W", "-n", "--keep-going"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    yield output / "_build" / "html"
+    shutil.rmtree(output, ignore_errors=True)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_student_edition_keeps_exercises_and_drops_solutions(built_book, student_book, path):
+    relative = path.relative_to(ROOT).with_suffix(".html")
+    teacher, student = (built_book / relative).read_text(), (student_book / relative).read_text()
+    exercises = teacher.count('class="exercise admonition"')
+    assert exercises >= 2
+    assert student.count('class="exercise admonition"') == exercises
+    assert teacher.count('class="solution dropdown admonition"') == exercises
+    assert not [names for names in re.findall(r'class="([^"]*)"', student) if "solution" in names.split()]
+    probes = solution_probes(path)
+    assert probes, "no solution code found in the notebook"
+    for probe in probes:
+        assert probe in page_text(teacher), probe
+        assert probe not in page_text(student), probe
