@@ -187,3 +187,13 @@ def test_student_edition_keeps_exercises_and_drops_solutions(built_book, student
     for probe in probes:
         assert probe in page_text(teacher), probe
         assert probe not in page_text(student), probe
+
+
+def test_citations_tell_the_eight_articles_apart(built_book):
+    pages = [page.read_text() for page in built_book.glob("book/**/*.html")]
+    labels = {label for page in pages for label in re.findall(r"Su, (2020\w?)\b", page)}
+    assert "2020" not in labels, "an article is cited as plain 'Su, 2020'"
+    references = page_text((built_book / "book/references.html").read_text())
+    for word in ("GELUs", "BERT", "ALBERT", "CRF", "MEMM", "Transformer", "Chinese", "Markov"):
+        assert re.search(rf"\b{word}\b", references), word
+    assert not re.search(r"Published \d{4}-\d\d-\d\d", references)
