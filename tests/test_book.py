@@ -197,3 +197,18 @@ def test_citations_tell_the_eight_articles_apart(built_book):
     for word in ("GELUs", "BERT", "ALBERT", "CRF", "MEMM", "Transformer", "Chinese", "Markov"):
         assert re.search(rf"\b{word}\b", references), word
     assert not re.search(r"Published \d{4}-\d\d-\d\d", references)
+
+
+def test_theme_chrome_one_search_field_an_author_line_and_the_book_css(built_book):
+    page = (built_book / "book/part1-building-blocks/gelu.html").read_text()
+    header = re.search(r'<header id="pst-header".*?</header>', page, flags=re.S).group(0)
+    assert "search" not in header, "the theme's second search bar is back"
+    assert page.count("search-button-field") == 1
+    assert re.search(r"By the kexue2020-book contributors, from eight 2020 articles by Su Jianlin", page)
+    assert "The book&#39;s authors" not in page and "The book's authors" not in page
+    assert re.search(r'<link [^>]*href="\.\./\.\./_static/book\.css', page)
+    css = (built_book / "_static" / "book.css").read_text()
+    assert "thead:not(:has(th:not(:empty)" in css and "overflow-wrap: anywhere" in css
+    # The summary card's empty header row is what that rule hides.
+    assert re.search(r'<thead>\s*<tr class="row-odd"><th class="head"><p></p></th>\s*<th class="head"><p></p></th>',
+                     page)
