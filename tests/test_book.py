@@ -2,6 +2,7 @@
 
 import ast
 import html
+import html.parser
 import importlib
 import inspect
 import json
@@ -208,7 +209,49 @@ def test_theme_chrome_one_search_field_an_author_line_and_the_book_css(built_boo
     assert "The book&#39;s authors" not in page and "The book's authors" not in page
     assert re.search(r'<link [^>]*href="\.\./\.\./_static/book\.css', page)
     css = (built_book / "_static" / "book.css").read_text()
-    assert "thead:not(:has(th:not(:empty)" in css and "overflow-wrap: anywhere" in css
+    assert "table.table thead:not(:has(th > p:not(:empty)))" in css and "overflow-wrap: anywhere" in css
     # The summary card's empty header row is what that rule hides.
     assert re.search(r'<thead>\s*<tr class="row-odd"><th class="head"><p></p></th>\s*<th class="head"><p></p></th>',
                      page)
+
+
+class _TableAncestors(html.parser.HTMLParser):
+    """For every <table>, the classes of the elements it sits in."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.tables = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        classes = set((dict(attrs).get("class") or "").split())
+        if tag == "table":
+            self.tables.append(set().union(*self.stack) if self.stack else set())
+        self.stack.append(classes)
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID and self.stack:
+            self.stack.pop()
+
+
+def test_output_tables_are_styled_and_scroll_inside_the_column(built_book):
+    css = (built_book / "_static" / "book.css").read_text()
+    rules = dict(re.findall(r"([^{}]+)\{([^}]*)\}", re.sub(r"/\*.*?\*/", "", css, flags=re.S)))
+    rules = {selector.strip(): body for selector, body in rules.items()}
+    wrapper = rules[".bd-content .bd-article .output.text_html"]
+    assert "overflow-x: auto" in wrapper and "max-width: 100%" in wrapper
+    cells = rules[".bd-content .bd-article .output.text_html table th,\n.bd-content .bd-article .output.text_html table td"]
+    assert "padding: 0.3rem 0.75rem" in cells and "text-align: right" in cells and "border-bottom: 1px" in cells
+    outputs = 0
+    for path in NOTEBOOKS:
+        parser = _TableAncestors()
+        parser.feed((built_book / path.relative_to(ROOT).with_suffix(".html")).read_text())
+        for ancestors in parser.tables:
+            # Every table is either an output table (styled and scrolled by the rules above) or a prose
+            # table in the theme's scrolling container.
+            assert {"output", "text_html"} <= ancestors or "pst-scrollable-table-container" in ancestors
+            outputs += {"output", "text_html"} <= ancestors
+    assert outputs >= 40
