@@ -255,3 +255,19 @@ def test_output_tables_are_styled_and_scroll_inside_the_column(built_book):
             assert {"output", "text_html"} <= ancestors or "pst-scrollable-table-container" in ancestors
             outputs += {"output", "text_html"} <= ancestors
     assert outputs >= 40
+
+
+def test_mathjax_is_bundled_and_no_page_loads_a_script_from_the_network(built_book):
+    bundled = built_book / "_static" / "mathjax" / "tex-svg-full.js"
+    assert bundled.stat().st_size > 1_000_000  # the whole of MathJax, not a pointer to it
+    pages = sorted(built_book.glob("**/*.html"))
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"""<script[^>]*\ssrc=["']?(https?:)?//""", text), page.name
+        assert "mathjax@" not in text and "cdn.jsdelivr.net" not in text, page.name
+    gelu = (built_book / "book/part1-building-blocks/gelu.html").read_text()
+    assert re.search(r'<script defer="defer" src="\.\./\.\./_static/mathjax/tex-svg-full\.js(\?v=\w+)?"></script>', gelu)
+    # MyST's MathJax configuration (which elements to typeset) is kept, and math is on the page.
+    assert 'window.MathJax = {"options": {"processHtmlClass": "tex2jax_process|mathjax_process|math|output_area"}}' in gelu
+    assert '<div class="math notranslate nohighlight">' in gelu
