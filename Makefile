@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL = 3
 PYTEST_ARGS = --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 \
               --doctest-modules --durations=10
 
-.PHONY: install book test lab notebooks results bench clean
+.PHONY: install book student test lab notebooks results bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 book: install
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "Open _build/html/index.html"
+
+## make student: build the student edition (exercises, no solutions) into _build/student/_build/html.
+## It is the same _config.yml with hide_solutions set to true, written to _build/student/_config.yml
+## (the local extension's folder made absolute, since it is found relative to the config file).
+student: install
+	mkdir -p _build/student
+	sed -e 's/^\(    hide_solutions:\) false$$/\1 true/' -e 's|^\(    student_edition:\) book/_ext$$|\1 $(CURDIR)/book/_ext|' \
+	  _config.yml > _build/student/_config.yml
+	grep -q '^    hide_solutions: true$$' _build/student/_config.yml
+	$(BIN)/jupyter-book build . --config _build/student/_config.yml --path-output _build/student -W -n --keep-going
+	@echo "Open _build/student/_build/html/index.html"
 
 ## make test: install everything, run unit tests, doctests, every notebook (nbval) and the book build test
 test: install
