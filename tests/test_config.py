@@ -21,7 +21,7 @@ def test_full_scale(monkeypatch, value):
 
 def test_bad_scale_names_the_variable(monkeypatch):
     monkeypatch.setenv("BOOK_SCALE", "huge")
-    with pytest.raises(ValueError, match=r"BOOK_SCALE must be one of \('quick', 'full'\). Received: BOOK_SCALE='huge'"):
+    with pytest.raises(ValueError, match=r"BOOK_SCALE must be one of \('quick', 'reference', 'full'\). Received: BOOK_SCALE='huge'"):
         config.scale()
 
 
@@ -60,3 +60,14 @@ def test_environment_report_names_the_device():
     report = config.environment_report()
     assert {"python", "tensorflow", "keras", "backend", "device", "scale"} <= set(report)
     assert report["backend"] == "tensorflow"
+
+
+@pytest.mark.parametrize("value, expected", [("quick", 1), ("reference", 2), ("full", 3)])
+def test_pick_has_a_reference_value(monkeypatch, value, expected):
+    monkeypatch.setenv("BOOK_SCALE", value)
+    assert config.pick(quick=1, full=3, reference=2) == expected
+
+
+def test_pick_at_reference_scale_falls_back_to_quick(monkeypatch):
+    monkeypatch.setenv("BOOK_SCALE", "reference")
+    assert config.pick(quick=1, full=3) == 1
