@@ -321,6 +321,28 @@ def test_training_options_change_the_step_as_they_should():
     assert max(np.abs(a - b).max() for a, b in zip(plain, noised)) > 1e-3
 
 
+def test_gradient_penalty_step_is_the_gradient_of_the_penalised_loss():
+    # L + ½ε‖∇_E L‖², E the decoder's embedding matrix: computed here independently, through the embedding
+    # variable's own (sparse) gradient, and compared with the step the model takes (SGD, learning rate 0.5)
+    epsilon = 3.0
+    reference = tiny_model(optimizer=keras.optimizers.SGD(0.5))
+    x, y = copy_task(32)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
+            loss = loss_fn(y, reference(x, training=True))
+        embedding_gradient = tf.convert_to_tensor(inner.gradient(loss, reference.target_embedding.embeddings))
+        objective = loss + 0.5 * epsilon * tf.reduce_sum(tf.square(embedding_gradient))
+    expected = [numpy(w) - 0.5 * numpy(g) for w, g in
+                zip(reference.trainable_weights, outer.gradient(objective, reference.trainable_weights))]
+    penalised, logged_loss = weights_after_one_step(gradient_penalty_epsilon=epsilon)
+    assert logged_loss == pytest.approx(float(loss), rel=1e-5)  # fit logs L, without the penalty
+    for a, b in zip(penalised, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    plain, _ = weights_after_one_step()
+    assert max(np.abs(a - b).max() for a, b in zip(plain, penalised)) > 1e-5  # the penalty moved the step
+
+
 def test_fit_learns_a_copy_task_and_the_model_round_trips_through_keras_files():
     # the traced path of fit and generate (FGM's traced step runs in tests/test_seq2seq_distribute.py)
     model = tiny_model(eager=False, optimizer=keras.optimizers.Adam(0.05), replacement_rate=0.3,
@@ -392,6 +414,8 @@ def test_mixed_precision_keeps_float32_logits():
     ({"replacement_pool": "source"}, r"`replacement_pool` must be one of \('target', 'vocabulary'\)"),
     ({"adversarial_epsilon": -0.5}, r"`adversarial_epsilon` must be a finite number >= 0. Received: "),
     ({"attention": "yes"}, r"`attention` must be True or False. Received: attention='yes'"),
+    ({"gradient_penalty_epsilon": -1}, r"`gradient_penalty_epsilon` must be a finite number >= 0"),
+    ({"gradient_penalty_epsilon": 1.0, "adversarial_epsilon": 0.5}, r"one adversarial option at a time"),
 ])
 def test_model_rejects_bad_settings(kwargs, match):
     arguments = {"source_vocabulary_size": 12, "target_vocabulary_size": 10, "embedding_dim": 4, "hidden_dim": 6,
