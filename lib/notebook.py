@@ -38,8 +38,23 @@ def glue(name: str, value, display: bool = False) -> None:
             from IPython.display import display as ipy_display
 
             ipy_display(value)
+    else:
+        myst_glue(name, value, display=display)
+    _close_if_figure(value)
+
+
+def _close_if_figure(value) -> None:
+    """Close a glued matplotlib figure, so the inline backend does not show it a second time, uncaptioned."""
+    import sys
+
+    if "matplotlib.pyplot" not in sys.modules:
         return
-    myst_glue(name, value, display=display)
+    from matplotlib.figure import Figure
+
+    if isinstance(value, Figure):
+        import matplotlib.pyplot as plt
+
+        plt.close(value)
 
 
 def show_source(obj) -> None:

@@ -40,6 +40,17 @@ def test_glue_stores_numpy_scalars_as_python_numbers(monkeypatch):
     assert type(stored["x"]) is float and stored["x"] == 0.25
 
 
+def test_glue_closes_a_glued_figure_so_it_is_not_shown_twice(monkeypatch):
+    import matplotlib.pyplot as plt
+    import myst_nb
+
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: None)
+    fig, _ = plotting.figure()
+    assert plt.fignum_exists(fig.number)
+    notebook.glue("a_figure", fig)
+    assert not plt.fignum_exists(fig.number)
+
+
 def test_show_source_rejects_non_code():
     with pytest.raises(ValueError, match="`obj` must be a Python function"):
         notebook.show_source(3)
