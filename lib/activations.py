@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import keras
+import mpmath as mp
 import numpy as np
 from keras import ops
+
+from lib import minimax
 
 APPROXIMATIONS = ("none", "tanh", "sigmoid")
 """Accepted values of ``approximate``: the exact form and the two approximations."""
@@ -201,21 +204,13 @@ def tanh_taylor_coefficients():
     return sp.simplify(a_value), sp.simplify(b_value)
 
 
-@dataclasses.dataclass(frozen=True)
-class MinimaxFit:
-    """The result of a minimax fit: parameters, the maximum absolute error and where it occurs."""
-
-    params: tuple
-    max_error: float
-    argmax: float
-
-
 def max_abs_error(error: Callable[[np.ndarray], np.ndarray], x_max: float = 10.0, step: float = 1e-3):
     """The maximum of ``|error(x)|`` over ``[0, x_max]`` and where it is reached.
 
     A grid of spacing ``step`` locates every local maximum; each is then refined by a bounded
     scalar search inside its grid cell, so the result does not depend on the grid's luck.
-    (All errors in this chapter are odd functions, so ``[0, x_max]`` covers the real line.)
+    (An error of Φ, ΔΦ = Φ − approximation, is odd about the origin, and GELU's error x·ΔΦ is even: either
+    way ``|error|`` is symmetric, so ``[0, x_max]`` covers the real line.)
 
     Returns:
         ``(max_error, argmax)``.
@@ -249,65 +244,38 @@ def max_abs_error(error: Callable[[np.ndarray], np.ndarray], x_max: float = 10.0
     return float(best_value), float(best_x)
 
 
-def minimax_fit(
-    residual: Callable[..., np.ndarray],
-    initial: Sequence[float],
-    *,
-    bounds: tuple[float, float] | None = None,
-    x_max: float = 10.0,
-    step: float = 1e-3,
-) -> MinimaxFit:
-    """Minimise ``max_x |residual(x, *params)|`` over the parameters.
-
-    One parameter with ``bounds``: bounded Brent search (``scipy.optimize.minimize_scalar``).
-    Several parameters: Nelder–Mead from ``initial``.
-    """
-    from scipy.optimize import minimize, minimize_scalar
-
-    initial = tuple(float(v) for v in initial)
-    if not initial:
-        raise ValueError("`initial` must hold at least one parameter. Received: initial=()")
-
-    def objective(params):
-        return max_abs_error(lambda x: residual(x, *params), x_max, step)[0]
-
-    if len(initial) == 1 and bounds is not None:
-        lo, hi = bounds
-        if not lo < initial[0] < hi:
-            raise ValueError(f"`initial` must lie inside `bounds`. Received: initial={initial}, bounds={bounds}")
-        found = minimize_scalar(lambda p: objective((p,)), bounds=bounds, method="bounded",
-                                options={"xatol": 1e-14})
-        params = (float(found.x),)
-    else:
-        found = minimize(objective, np.array(initial), method="Nelder-Mead",
-                         options={"xatol": 1e-13, "fatol": 1e-15, "maxiter": 20_000})
-        params = tuple(float(v) for v in found.x)
-    value, where = max_abs_error(lambda x: residual(x, *params), x_max, step)
-    return MinimaxFit(params=params, max_error=value, argmax=where)
+def normal_cdf_error_mp(x, approximation):
+    """Φ(x) − approximation(x) in mpmath, the error every fit of this chapter levels (Φ units)."""
+    return mp.ncdf(x) - approximation(x)
 
 
-def fit_tanh_cubic(a: float | None = SQRT_2_OVER_PI, x_max: float = 10.0, step: float = 1e-3) -> MinimaxFit:
-    """Fit Φ(x) ≈ ½[1 + tanh(a x + b x³)] by the minimax criterion.
+def fit_tanh_cubic(a: float | None = SQRT_2_OVER_PI, *, dps: int = 40) -> minimax.MinimaxSolution:
+    """Fit Φ(x) ≈ ½[1 + tanh(a x + b x³)] by the minimax criterion (Remez, :func:`lib.minimax.remez`).
 
-    The article's "hybrid" fit keeps ``a = √(2/π)`` from the Taylor match (local accuracy at 0)
-    and lets only ``b`` minimise the maximum error; then ``b / a`` is the familiar 0.044715.
-    Pass ``a=None`` to fit ``a`` and ``b`` jointly instead.
+    The article's "hybrid" fit keeps ``a = √(2/π)`` from the Taylor match (local accuracy at 0) and lets
+    only ``b`` minimise ``max_x |Φ(x) − ½[1 + tanh(a x + b x³)]|``; then ``b / a`` is the familiar 0.044715.
+    Pass ``a=None`` to fit ``a`` and ``b`` jointly instead (three alternation points instead of two).
 
     Returns:
-        :class:`MinimaxFit` with ``params == (a, b)``; errors are in Φ units (half of erf units).
+        :class:`lib.minimax.MinimaxSolution` with ``params == (a, b)``; errors in Φ units (half of erf's).
     """
     if a is None:
-        fit = minimax_fit(lambda x, a_, b_: normal_cdf_numpy(x) - tanh_cdf_numpy(x, a_, b_),
-                          (SQRT_2_OVER_PI, 0.0357), x_max=x_max, step=step)
-        return fit
-    if not a > 0:
-        raise ValueError(f"`a` must be positive or None. Received: a={a!r}")
-    fit = minimax_fit(lambda x, b_: normal_cdf_numpy(x) - tanh_cdf_numpy(x, a, b_),
-                      (0.03,), bounds=(0.0, 0.1), x_max=x_max, step=step)
-    return MinimaxFit(params=(float(a), fit.params[0]), max_error=fit.max_error, argmax=fit.argmax)
+        return minimax.remez(lambda x, a_, b_: normal_cdf_error_mp(x, lambda v: _tanh_cdf_mp(v, a_, b_)),
+                             (SQRT_2_OVER_PI, 0.0357), dps=dps)
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not a > 0:
+        raise ValueError(f"`a` must be a positive number or None. Received: a={a!r}")
+    with mp.workdps(dps):
+        fixed_a = mp.sqrt(2 / mp.pi) if a == SQRT_2_OVER_PI else mp.mpf(a)
+    fit = minimax.remez(lambda x, b_: normal_cdf_error_mp(x, lambda v: _tanh_cdf_mp(v, fixed_a, b_)),
+                        (0.0357,), dps=dps)
+    return dataclasses.replace(fit, params=(float(a), *fit.params), exact_params=(fixed_a, *fit.exact_params))
 
 
-def fit_sigmoid_scale(x_max: float = 10.0, step: float = 1e-3) -> MinimaxFit:
-    """Fit Φ(x) ≈ σ(λ x) by the minimax criterion; ``params == (λ,)`` (the article: λ ≈ 1.702)."""
-    return minimax_fit(lambda x, scale: normal_cdf_numpy(x) - sigmoid_cdf_numpy(x, scale),
-                       (1.7,), bounds=(1.0, 2.5), x_max=x_max, step=step)
+def fit_sigmoid_scale(*, dps: int = 40) -> minimax.MinimaxSolution:
+    """Fit Φ(x) ≈ σ(λ x) by the minimax criterion (Remez); ``params == (λ,)`` (the article: λ ≈ 1.702)."""
+    return minimax.remez(lambda x, scale: normal_cdf_error_mp(x, lambda v: 1 / (1 + mp.exp(-scale * v))),
+                         (1.7,), dps=dps)
+
+
+def _tanh_cdf_mp(x, a, b):
+    return (1 + mp.tanh(a * x + b * x**3)) / 2
