@@ -21,16 +21,6 @@ from lib import activations, benchmarking  # noqa: E402
 KERAS_FLAG = {"none": False, "tanh": True}
 
 
-def forward_and_backward(fn):
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = tf.reduce_sum(fn(x))
-        return tape.gradient(y, x)
-
-    return step
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4_000_000, help="number of input values")
@@ -45,7 +35,7 @@ def main():
     implementations |= {f"keras {form}": (lambda v, flag=flag: keras.activations.gelu(v, approximate=flag))
                         for form, flag in KERAS_FLAG.items()}
     tables = {}
-    for mode, wrap in (("forward", lambda fn: fn), ("forward+backward", forward_and_backward)):
+    for mode, wrap in (("forward", lambda fn: fn), ("forward+backward", benchmarking.forward_and_backward)):
         runners = {name: benchmarking.tf_runner(wrap(fn), x, jit_compile=args.xla)
                    for name, fn in implementations.items()}
         table = benchmarking.compare(runners, reference="keras none", repeats=args.repeats, rounds=args.rounds)

@@ -84,6 +84,19 @@ def tf_runner(fn: Callable, *args, jit_compile: bool = False) -> Callable[[], ob
     return run
 
 
+def forward_and_backward(fn: Callable) -> Callable:
+    """``x -> ∂/∂x Σ fn(x)``: one forward and one backward pass of an element-wise ``fn``, for timing."""
+    import tensorflow as tf
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(fn(x))
+        return tape.gradient(total, x)
+
+    return step
+
+
 def environment_line(**extra: object) -> str:
     """One line naming the versions and the device a benchmark ran on, for the top of its table.
 

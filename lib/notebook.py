@@ -57,12 +57,66 @@ def _close_if_figure(value) -> None:
         plt.close(value)
 
 
-def show_source(obj) -> None:
-    """Display the source code of a library function, class or method as a highlighted block."""
+def show_source(obj, *, docstring: bool = True) -> None:
+    """Display the source code of a library function, class or method as a highlighted block.
+
+    Args:
+        obj: the function, class or method.
+        docstring: keep the docstring; ``False`` shows the signature and the code only, for when the
+            text around the listing already says what the docstring says.
+    """
     try:
-        source = inspect.getsource(obj)
+        source = textwrap.dedent(inspect.getsource(obj))
     except (TypeError, OSError) as error:
         raise ValueError(f"`obj` must be a Python function, class or method. Received: obj={obj!r}") from error
+    if not isinstance(docstring, bool):
+        raise ValueError(f"`docstring` must be True or False. Received: docstring={docstring!r}")
+    if not docstring:
+        source = _without_docstring(source)
     from IPython.display import Markdown, display
 
-    display(Markdown(f"```python\n{textwrap.dedent(source)}```"))
+    display(Markdown(f"```python\n{source}```"))
+
+
+def _without_docstring(source: str) -> str:
+    """``source`` with the docstring of its first function or class removed (found with ``ast``)."""
+    import ast
+
+    definition = ast.parse(source).body[0]
+    body = getattr(definition, "body", [])
+    if not (body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        return source
+    lines = source.splitlines(keepends=True)
+    return "".join(lines[: body[0].lineno - 1] + lines[body[0].end_lineno:])
+
+
+def show_math(*equations) -> None:
+    r"""Display equations typeset and aligned at their ``=`` signs, one per line.
+
+    Each item is a sympy ``Eq``, or a pair ``(left, right)`` of sympy expressions or LaTeX strings.
+
+    >>> import sympy as sp
+    >>> print(_aligned_latex([sp.Eq(sp.Symbol("a"), sp.sqrt(2) / sp.sqrt(sp.pi)), ("c", "0.0447")]))
+    \begin{aligned} a &= \frac{\sqrt{2}}{\sqrt{\pi}} \\ c &= 0.0447 \end{aligned}
+    """
+    from IPython.display import Math, display
+
+    display(Math(_aligned_latex(equations)))
+
+
+def _aligned_latex(equations) -> str:
+    import sympy as sp
+
+    if not equations:
+        raise ValueError("`equations` must hold at least one equation. Received: none")
+    rows = []
+    for item in equations:
+        if isinstance(item, sp.Eq):
+            left, right = item.lhs, item.rhs
+        elif isinstance(item, tuple) and len(item) == 2:
+            left, right = item
+        else:
+            raise ValueError(f"each equation must be a sympy Eq or a (left, right) pair. Received: {item!r}")
+        rows.append(" &= ".join(side if isinstance(side, str) else sp.latex(side) for side in (left, right)))
+    return "\\begin{aligned} " + " \\\\ ".join(rows) + " \\end{aligned}"

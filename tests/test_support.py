@@ -68,3 +68,25 @@ def test_compare_validates_arguments():
         benchmarking.compare({"a": lambda: None}, reference="b")
     with pytest.raises(ValueError, match="`repeats` must be an integer >= 1"):
         benchmarking.time_call(lambda: None, repeats=0)
+
+
+def test_show_source_can_leave_out_the_docstring(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda value: shown.append(value.data))
+    notebook.show_source(plotting.color, docstring=False)
+    notebook.show_source(plotting.color)
+    without, with_docstring = shown
+    assert "def color(role: str)" in without and "The colour of a role" not in without
+    assert "The colour of a role" in with_docstring
+    assert "ROLE_COLORS.get(role)" in without
+    with pytest.raises(ValueError, match="`docstring` must be True or False"):
+        notebook.show_source(plotting.color, docstring="no")
+
+
+def test_show_math_rejects_what_it_cannot_typeset():
+    with pytest.raises(ValueError, match="at least one equation"):
+        notebook.show_math()
+    with pytest.raises(ValueError, match="a sympy Eq or a"):
+        notebook.show_math("a = b")
