@@ -314,3 +314,21 @@ def test_full_scale_of_the_exposure_bias_chapter_builds_and_trains_a_step():
                                      "decoder_inputs": np.asarray(seq2seq.shift_right(data["targets"][train], data["start"]))},
                                     data["targets"][train])
         assert np.isfinite(loss), method
+
+
+def test_full_scale_of_the_gelu_chapter_builds_trains_a_step_and_swaps_its_activation():
+    import keras
+
+    from lib.experiments import gelu
+
+    full = gelu.settings("full")
+    data = gelu.prepare({**full, "train_reviews": 16, "evaluation_reviews": 8})
+    model = gelu.make_classifier(full, len(data["vocabulary"]), "none")
+    assert (model.encoder.num_layers, model.encoder.hidden_size) == (full["num_layers"], full["hidden_size"])
+    model.compile(optimizer=keras.optimizers.Adam(full["learning_rate"]),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert np.isfinite(model.train_on_batch(data["train"]["ids"][:8], data["train"]["labels"][:8]))
+    for form in full["forms"][1:]:
+        served = gelu.served_with(model, full, len(data["vocabulary"]), form)
+        assert served.encoder.blocks[0].activation == form
+        assert all(np.array_equal(a, b) for a, b in zip(served.get_weights(), model.get_weights()))
