@@ -432,13 +432,24 @@ def test_bad_shapes_raise_value_error():
         layer(np.zeros((2, 5, 3), "float32"), np.zeros((2, 5, 4), "float32"))
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 6), (5,), (2, 1, 5, 7), (3, 5, 7)])
+@pytest.mark.parametrize("shape", [(2, 5, 6), (5,), (3, 5, 7), (2, 1, 1, 5, 7)])
 def test_bad_mask_shape_raises_value_error(shape):
     query, value = inputs()
     layer = MultiHeadAttention(2, 4)
     with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable to \(batch, query_length, "
                                          r"value_length\)=\(2, 5, 7\). Received: attention_mask.shape="
                                          + re.escape(str(shape))):
+        layer(query, value, attention_mask=np.ones(shape, bool))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 2, 5, 6)])
+def test_bad_per_head_mask_shape_raises_value_error(shape):
+    """A rank-4 mask is one mask per head, (batch, num_heads, T, S): (2, 1, 5, 7) broadcasts, 3 heads do not."""
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4)
+    with pytest.raises(ValueError, match=r"`attention_mask` of rank 4 \(one mask per head\) must be broadcastable to "
+                                         r"\(batch, num_heads, query_length, value_length\)=\(2, 2, 5, 7\). "
+                                         r"Received: attention_mask.shape=" + re.escape(str(shape))):
         layer(query, value, attention_mask=np.ones(shape, bool))
 
 
