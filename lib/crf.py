@@ -48,6 +48,10 @@ DECODINGS = ("exact", "score")
 """How an MEMM decodes: ``"exact"`` maximises its own (locally normalized) log-likelihood; ``"score"``
 maximises the unnormalized path score ``f`` with the CRF's Viterbi, as bert4keras does."""
 
+REDUCTIONS = ("none", "sum", "mean", "token_mean")
+"""How a loss over a batch is reduced (as in pytorch-crf): one value per row, their sum, their mean, or their
+sum divided by the number of valid tokens."""
+
 LOG_ZERO = -1e30
 """Stands for log 0 in the log semiring: finite, so no ``inf - inf`` can make a NaN."""
 
@@ -520,8 +524,21 @@ def log_partition(emissions, transitions, mask=None, start_transitions=None, end
     return logz if lengths is None else ops.where(lengths > 0, logz, 0.0)
 
 
+def _reduce(values, reduction, mask, emissions):
+    """Reduce per-row losses as :data:`REDUCTIONS` says; ``token_mean`` divides by the valid steps."""
+    if reduction == "none":
+        return values
+    if reduction == "sum":
+        return ops.sum(values)
+    if reduction == "mean":
+        return ops.mean(values)
+    shape = ops.shape(emissions)
+    tokens = ops.cast(shape[0] * shape[1], "float32") if mask is None else ops.sum(ops.cast(mask, "float32"))
+    return ops.sum(values) / ops.maximum(tokens, 1.0)
+
+
 def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_transitions=None,
-                                end_transitions=None, parallel=False):
+                                end_transitions=None, parallel=False, reduction="none"):
     """``-log P(y|x) = log Z(x) - f(y; x)`` of a linear-chain CRF, one value per row.
 
     The value is never negative: ``Z`` sums ``exp f`` over every path, the gold one included, so
@@ -530,9 +547,11 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
     Args:
         emissions, tags, transitions, mask, start_transitions, end_transitions: as in :func:`path_score`.
         parallel: compute ``log Z`` with the tree reduction (:func:`log_partition`).
+        reduction: ``"none"`` (one value per row, the default), ``"sum"``, ``"mean"`` (over rows) or
+            ``"token_mean"`` (the sum over the number of valid steps), as in pytorch-crf.
 
     Returns:
-        float32 ``(batch,)``.
+        float32 ``(batch,)``, or a scalar with a reduction.
 
     Example:
 
@@ -548,7 +567,9 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
     emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
                                                         mask)
     checks.check_bool("parallel", parallel)
+    checks.check_one_of("reduction", reduction, REDUCTIONS)
     tags = _tags(tags, emissions, mask)
+    original = (emissions, mask)
     steps = [tags] + ([transitions] if len(transitions.shape) == 4 else [])
     emissions, mask, lengths, _, aligned = _prepare(emissions, mask, *steps)
     tags = aligned[0]
@@ -559,7 +580,80 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
     if lengths is not None:
         logz = ops.where(lengths > 0, logz, 0.0)
     score = _path_score_aligned(emissions, tags, transitions, mask, lengths, start, end)
-    return ops.maximum(logz - score, 0.0)
+    return _reduce(ops.maximum(logz - score, 0.0), reduction, original[1], original[0])
+
+
+def _forward_backward(emissions, transitions, mask, start, end):
+    """Forward and backward log-messages over a prefix mask, each (batch, time, K), time-major inside.
+
+    ``alpha_t(j) = logsumexp_i(alpha_{t-1}(i) + g_t(i, j)) + f_t(j)`` (``alpha_1 = f_1 + start``) and
+    ``beta_t(i) = logsumexp_j(g_{t+1}(i, j) + f_{t+1}(j) + beta_{t+1}(j))`` (``beta_n = end``), so that
+    ``alpha_t(j) + beta_t(j)`` is the log of the total weight of the paths through tag ``j`` at step ``t``.
+    """
+    per_step = len(transitions.shape) == 4
+    num_tags = emissions.shape[-1]
+    e = _time_major(emissions)
+    g = _time_major(transitions) if per_step else transitions
+    m = None if mask is None else ops.expand_dims(_time_major(mask), -1)
+    first = e[0] if start is None else e[0] + start
+    last = ops.zeros_like(e[0]) if end is None else ops.zeros_like(e[0]) + end
+    if emissions.shape[1] == 1:
+        return ops.expand_dims(first, 1), ops.expand_dims(last, 1)
+    shapes = [(num_tags,)] + ([(num_tags, num_tags)] if per_step else []) + ([(1,)] if m is not None else [])
+    later = _pack(e[1:], *([g[1:]] if per_step else []), *([m[1:]] if m is not None else []))
+
+    def forward(alpha, x):
+        x = _unpack(x, shapes)
+        new = ops.logsumexp(ops.expand_dims(alpha, 2) + (x[1] if per_step else g), axis=1) + x[0]
+        new = new if m is None else ops.where(x[-1] > 0.5, new, alpha)
+        return new, new
+
+    def backward(beta, x):  # x holds step t + 1; the result is beta_t
+        x = _unpack(x, shapes)
+        new = ops.logsumexp((x[1] if per_step else g) + ops.expand_dims(x[0] + beta, 1), axis=2)
+        new = new if m is None else ops.where(x[-1] > 0.5, new, last)
+        return new, new
+
+    _, alphas = ops.scan(forward, first, later)
+    _, betas = ops.scan(backward, last, later, reverse=True)
+    alphas = ops.concatenate([ops.expand_dims(first, 0), alphas], axis=0)
+    betas = ops.concatenate([betas, ops.expand_dims(last, 0)], axis=0)
+    return ops.moveaxis(alphas, 0, 1), ops.moveaxis(betas, 0, 1)
+
+
+def crf_marginals(emissions, transitions, mask=None, start_transitions=None, end_transitions=None):
+    """``P(y_t = j | x)`` for every step and tag: the CRF's per-token confidences (forward–backward).
+
+    ``P(y_t = j | x) = exp(alpha_t(j) + beta_t(j) - log Z)``, with the forward messages of
+    :func:`log_partition` and the matching backward ones. They are also the gradient of ``log Z`` with
+    respect to the emissions, ``∂ log Z / ∂ f_t(j)``, which is how the tests check them.
+
+    Args:
+        emissions, transitions, mask, start_transitions, end_transitions: as in :func:`path_score`.
+
+    Returns:
+        float32 ``(batch, time, num_tags)``: each valid step sums to 1 over the tags; masked steps are 0.
+
+    Example:
+
+    >>> marginals = crf_marginals(np.zeros((1, 3, 2)), np.zeros((2, 2)))  # every path equally likely
+    >>> np.round(ops.convert_to_numpy(marginals), 3).tolist()
+    [[[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]]
+    """
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
+    steps = [transitions] if len(transitions.shape) == 4 else []
+    aligned, prefix, _, order, others = _prepare(emissions, mask, *steps)
+    if steps:
+        transitions = others[0]
+    alpha, beta = _forward_backward(aligned, transitions, prefix, start, end)
+    scores = alpha + beta
+    marginals = ops.exp(scores - ops.logsumexp(scores, axis=-1, keepdims=True))
+    if prefix is None:
+        return marginals
+    marginals = ops.where(ops.expand_dims(prefix, -1), marginals, 0.0)
+    (marginals,) = _restore(order, marginals)
+    return marginals
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -648,11 +742,17 @@ def memm_log_likelihood(emissions, tags, transitions, mask=None, start_transitio
 
 
 def memm_negative_log_likelihood(emissions, tags, transitions, mask=None, start_transitions=None,
-                                 end_transitions=None, direction="forward"):
+                                 end_transitions=None, direction="forward", reduction="none"):
     """``-log P(y|x)`` of an MEMM (``direction="both"``: the Bi-MEMM's averaged cross-entropy); see
-    :func:`memm_log_likelihood`. Never negative: each factor is a probability."""
-    return ops.maximum(-memm_log_likelihood(emissions, tags, transitions, mask, start_transitions,
-                                            end_transitions, direction), 0.0)
+    :func:`memm_log_likelihood`. Never negative: each factor is a probability. ``reduction`` as in
+    :func:`crf_negative_log_likelihood`."""
+    checks.check_one_of("reduction", reduction, REDUCTIONS)
+    values = ops.maximum(-memm_log_likelihood(emissions, tags, transitions, mask, start_transitions,
+                                              end_transitions, direction), 0.0)
+    if reduction == "none":
+        return values
+    emissions = _emissions(emissions)
+    return _reduce(values, reduction, _mask(mask, emissions), emissions)
 
 
 def _memm_potentials_aligned(emissions, transitions, mask, lengths, start, end, direction):
@@ -899,6 +999,9 @@ class _ChainHead(keras.layers.Layer):
     def _boundaries(self):
         return self.start_transitions, self.end_transitions
 
+    def _reduction(self, reduction):
+        return self.reduction if reduction is None else checks.check_one_of("reduction", reduction, REDUCTIONS)
+
     def _ensure_built(self, emissions):
         if not self.built:
             self.build(tuple(ops.shape(emissions)))
@@ -925,6 +1028,8 @@ class CRF(_ChainHead):
             the CRF as a per-token softmax classifier (with ``g = 0``, ``Z`` factorizes over steps).
         transitions_regularizer: optional regularizer of the transitions.
         parallel: compute ``log Z`` with the O(log T)-depth tree reduction (:func:`log_partition`).
+        reduction: how :meth:`negative_log_likelihood` reduces the batch, one of :data:`REDUCTIONS`
+            (``"none"``, one value per row, by default). :class:`SequenceTagger` always takes one per row.
         **kwargs: standard layer arguments. The layer computes in float32 unless ``dtype`` is given.
 
     Call arguments:
@@ -948,18 +1053,25 @@ class CRF(_ChainHead):
     """
 
     def __init__(self, num_tags, use_boundary_transitions=False, transitions_initializer="zeros",
-                 transitions_regularizer=None, parallel=False, **kwargs):
+                 transitions_regularizer=None, parallel=False, reduction="none", **kwargs):
         super().__init__(num_tags, use_boundary_transitions, transitions_initializer, transitions_regularizer,
                          **kwargs)
         if not isinstance(parallel, bool):
             raise ValueError(f"`parallel` must be a bool. Received: parallel={parallel!r}")
         self.parallel = parallel
+        self.reduction = checks.check_one_of("reduction", reduction, REDUCTIONS)
 
-    def negative_log_likelihood(self, tags, emissions, mask=None):
-        """``log Z(x) - f(y; x)`` per row, float32 ``(batch,)``; see :func:`crf_negative_log_likelihood`."""
+    def negative_log_likelihood(self, tags, emissions, mask=None, reduction=None):
+        """``log Z(x) - f(y; x)`` per row, float32 ``(batch,)``, or reduced by ``reduction`` (the layer's
+        ``reduction`` when ``None``); see :func:`crf_negative_log_likelihood`."""
         self._ensure_built(emissions)
         return crf_negative_log_likelihood(emissions, tags, self.transitions, mask, *self._boundaries(),
-                                           parallel=self.parallel)
+                                           parallel=self.parallel, reduction=self._reduction(reduction))
+
+    def marginals(self, emissions, mask=None):
+        """``P(y_t = j | x)``, float32 ``(batch, time, num_tags)``; see :func:`crf_marginals`."""
+        self._ensure_built(emissions)
+        return crf_marginals(emissions, self.transitions, mask, *self._boundaries())
 
     def log_partition(self, emissions, mask=None):
         """``log Z(x)`` per row; see :func:`log_partition`."""
@@ -972,7 +1084,7 @@ class CRF(_ChainHead):
         return viterbi_decode(emissions, self.transitions, mask, *self._boundaries(), pad_tag=pad_tag)
 
     def get_config(self):
-        return {**super().get_config(), "parallel": self.parallel}
+        return {**super().get_config(), "parallel": self.parallel, "reduction": self.reduction}
 
 
 @keras.saving.register_keras_serializable(package="lib")
@@ -990,6 +1102,7 @@ class MEMM(_ChainHead):
             article's Bi-MEMM: the average of the two cross-entropies; no extra parameters).
         decoding: ``"exact"`` (Viterbi on the model's own log-likelihood) or ``"score"`` (Viterbi on the
             unnormalized ``f``, as a CRF decodes); see :func:`memm_decode`.
+        reduction: as in :class:`CRF`.
         **kwargs: standard layer arguments.
 
     Example:
@@ -1004,19 +1117,21 @@ class MEMM(_ChainHead):
     """
 
     def __init__(self, num_tags, use_boundary_transitions=False, transitions_initializer="zeros",
-                 transitions_regularizer=None, direction="forward", decoding="exact", **kwargs):
+                 transitions_regularizer=None, direction="forward", decoding="exact", reduction="none", **kwargs):
         super().__init__(num_tags, use_boundary_transitions, transitions_initializer, transitions_regularizer,
                          **kwargs)
         self.direction = _check_direction(direction)
         if decoding not in DECODINGS:
             raise ValueError(f"`decoding` must be one of {DECODINGS}. Received: decoding={decoding!r}")
         self.decoding = decoding
+        self.reduction = checks.check_one_of("reduction", reduction, REDUCTIONS)
 
-    def negative_log_likelihood(self, tags, emissions, mask=None):
-        """``-log P(y|x)`` per row (for ``"both"``, the mean of the two directions), float32 ``(batch,)``."""
+    def negative_log_likelihood(self, tags, emissions, mask=None, reduction=None):
+        """``-log P(y|x)`` per row (for ``"both"``, the mean of the two directions), float32 ``(batch,)``, or
+        reduced by ``reduction`` (the layer's ``reduction`` when ``None``)."""
         self._ensure_built(emissions)
         return memm_negative_log_likelihood(emissions, tags, self.transitions, mask, *self._boundaries(),
-                                            direction=self.direction)
+                                            direction=self.direction, reduction=self._reduction(reduction))
 
     def decode(self, emissions, mask=None, pad_tag=-1):
         """The decoded path, int32 ``(batch, time)``, ``pad_tag`` at masked steps."""
@@ -1025,7 +1140,8 @@ class MEMM(_ChainHead):
                            decoding=self.decoding, pad_tag=pad_tag)
 
     def get_config(self):
-        return {**super().get_config(), "direction": self.direction, "decoding": self.decoding}
+        return {**super().get_config(), "direction": self.direction, "decoding": self.decoding,
+                "reduction": self.reduction}
 
 
 def _keras_mask(x):
@@ -1081,7 +1197,7 @@ class SequenceTagger(keras.Model):
         return self.head(features, mask=mask)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        per_sequence = self.head.negative_log_likelihood(y, y_pred, _keras_mask(y_pred))
+        per_sequence = self.head.negative_log_likelihood(y, y_pred, _keras_mask(y_pred), reduction="none")
         if sample_weight is not None:
             per_sequence = per_sequence * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
         loss = ops.mean(per_sequence)

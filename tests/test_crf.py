@@ -624,3 +624,101 @@ def test_matches_pytorch_crf_when_installed():
                                rtol=1e-5, atol=1e-5)
     ours = crf.viterbi_decode(e, g, mask, start, end).numpy()
     assert [row[row >= 0].tolist() for row in ours] == their_paths
+
+
+# --- features peers' users expect: marginals (forward-backward) and a reduction, as in pytorch-crf ------------
+
+
+def brute_force_marginals(e, g, mask=None, start=None, end=None):
+    """P(y_t = j | x) by enumerating every path of every row (float64)."""
+    batch, time, num_tags = e.shape
+    out = np.zeros((batch, time, num_tags))
+    for row in range(batch):
+        steps = valid_steps(mask, row, time)
+        if not len(steps):
+            continue
+        paths = list(itertools.product(range(num_tags), repeat=len(steps)))
+        scores = np.array([reference_score(e, g, path, steps, start, end, row) for path in paths])
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+        for path, weight in zip(paths, weights):
+            for t, y in zip(steps, path):
+                out[row, t, y] += weight
+    return out
+
+
+@pytest.mark.parametrize("case", ["plain", "masked", "boundaries", "per_step", "left_padded", "one_step"])
+def test_marginals_match_brute_force_and_sum_to_one(case):
+    rng = np.random.default_rng(7)
+    time = 1 if case == "one_step" else 4
+    e = rng.normal(size=(3, time, 3))
+    g = rng.normal(size=(3, time, 3, 3)) if case == "per_step" else rng.normal(size=(3, 3))
+    mask = start = end = None
+    if case in ("masked", "left_padded"):
+        mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
+        if case == "left_padded":
+            mask = mask[:, ::-1].copy()
+            mask[0, 2] = False  # a hole as well
+        e[~mask] = np.nan  # whatever a masked step holds never reaches the result
+    if case == "boundaries":
+        start, end = rng.normal(size=3), rng.normal(size=3)
+    got = np.asarray(crf.crf_marginals(e.astype("float32"), g.astype("float32"), mask, start, end))
+    expected = brute_force_marginals(np.nan_to_num(e), g, mask, start, end)
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    valid = np.ones(e.shape[:2], bool) if mask is None else mask
+    np.testing.assert_allclose(got.sum(-1)[valid], 1.0, atol=1e-6)
+    assert np.all(got[~valid] == 0.0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the gradient is taken with a TensorFlow tape")
+def test_marginals_are_the_gradient_of_log_partition():
+    rng = np.random.default_rng(3)
+    e = tf.Variable(rng.normal(size=(2, 5, 4)).astype("float32"))
+    g = rng.normal(size=(4, 4)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]], bool)
+    with tf.GradientTape() as tape:
+        logz = tf.reduce_sum(crf.log_partition(e, g, mask))
+    np.testing.assert_allclose(tape.gradient(logz, e).numpy(), np.asarray(crf.crf_marginals(e, g, mask)), atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function with an unknown time axis")
+def test_marginals_trace_with_unknown_length():
+    spec = [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, None], tf.bool)]
+    marginals = tf.function(lambda e, m: crf.crf_marginals(e, np.zeros((3, 3), "float32"), m), input_signature=spec)
+    out = marginals(np.zeros((2, 4, 3), "float32"), np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)).numpy()
+    np.testing.assert_allclose(out.sum(-1), [[1, 1, 0, 0], [1, 1, 1, 1]], atol=1e-6)
+
+
+def test_crf_head_marginals_and_reduction_follow_the_functions():
+    rng = np.random.default_rng(5)
+    e = rng.normal(size=(3, 4, 3)).astype("float32")
+    tags = rng.integers(0, 3, size=(3, 4))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    head = crf.CRF(3, reduction="token_mean", transitions_initializer="random_normal")
+    head(e)
+    per_row = np.asarray(head.negative_log_likelihood(tags, e, mask, reduction="none"))
+    np.testing.assert_allclose(float(head.negative_log_likelihood(tags, e, mask)), per_row.sum() / mask.sum(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(head.marginals(e, mask)),
+                               np.asarray(crf.crf_marginals(e, head.transitions, mask)), atol=1e-7)
+    assert crf.CRF.from_config(head.get_config()).reduction == "token_mean"
+
+
+@pytest.mark.parametrize("function", ["crf", "memm"])
+def test_reductions_as_in_pytorch_crf(function):
+    """pytorch-crf's reductions: 'none' per row, 'sum', 'mean' over rows, 'token_mean' over valid tokens."""
+    rng = np.random.default_rng(11)
+    e = rng.normal(size=(4, 5, 3)).astype("float32")
+    tags = rng.integers(0, 3, size=(4, 5))
+    g = rng.normal(size=(3, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+    nll = crf.crf_negative_log_likelihood if function == "crf" else crf.memm_negative_log_likelihood
+    per_row = np.asarray(nll(e, tags, g, mask))
+    assert per_row.shape == (4,)
+    np.testing.assert_allclose(float(nll(e, tags, g, mask, reduction="sum")), per_row.sum(), rtol=1e-6)
+    np.testing.assert_allclose(float(nll(e, tags, g, mask, reduction="mean")), per_row.mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(nll(e, tags, g, mask, reduction="token_mean")), per_row.sum() / 13, rtol=1e-6)
+    np.testing.assert_allclose(float(nll(e, tags, g, reduction="token_mean")),
+                               np.asarray(nll(e, tags, g)).sum() / 20, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`reduction` must be one of .*Received: reduction='batch'"):
+        nll(e, tags, g, mask, reduction="batch")

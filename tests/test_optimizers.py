@@ -496,3 +496,13 @@ def test_keras_adafactor_squares_each_repeated_embedding_row_separately():
         keras.optimizers.Adafactor(1e-2).apply([gradient if sparse else tf.convert_to_tensor(gradient)], [variable])
         results.append(variable.numpy())
     assert not np.allclose(results[0], results[1], rtol=1e-4)
+
+
+def test_default_names_are_numbered_as_keras_numbers_its_optimizers():
+    first, second = AdaFactor(), AdaFactor()
+    assert first.name.startswith("adafactor") and second.name.startswith("adafactor")
+    assert first.name != second.name
+    keras_first, keras_second = keras.optimizers.Adam(), keras.optimizers.Adam()
+    assert keras_first.name != keras_second.name  # what Keras does for its own
+    assert AdaFactor(name="mine").name == "mine"
+    assert AdaFactor.from_config(first.get_config()).name == first.name
