@@ -224,9 +224,9 @@ def max_abs_error(error: Callable[[np.ndarray], np.ndarray], x_max: float = 10.0
     """
     from scipy.optimize import minimize_scalar
 
-    x_max = checks.check_number("x_max", x_max, 0.0, low_open=True)
-    step = checks.check_number("step", step, 0.0, low_open=True)
-    if not 0 < step < x_max:
+    if isinstance(x_max, bool) or not isinstance(x_max, (int, float, np.floating)) or not 0 < x_max < math.inf:
+        raise ValueError(f"`x_max` must be positive. Received: x_max={x_max!r}")
+    if isinstance(step, bool) or not isinstance(step, (int, float, np.floating)) or not 0 < step < x_max:
         raise ValueError(f"`step` must be in (0, x_max). Received: step={step!r}, x_max={x_max!r}")
     grid = np.arange(0.0, x_max + step / 2, step)
     values = np.abs(error(grid))

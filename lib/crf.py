@@ -28,6 +28,12 @@ Conventions: ``transitions[i, j]`` scores tag ``i`` followed by tag ``j`` (as in
 steps (``True``/1); the valid steps of a row need not be a prefix: left padding, a masked first token or
 holes are all handled by reading a row's valid steps in order, as if the masked ones were not there.
 Arithmetic is done in ``float32`` whatever the input dtype (mixed-precision safe).
+
+Bad input: shapes are checked while tracing; tags out of ``[0, num_tags)`` and NaN scores at valid steps are
+checked on the host in eager mode and by ``tf.debugging`` assertions in a ``tf.function``. **Under XLA**
+(``jit_compile=True``, and Keras's default ``jit_compile="auto"`` on a GPU) no value check can run: an
+out-of-range tag silently gives a wrong loss. Check the data once beforehand with
+``lib.checks.validate_ids(dataset, num_tags, name="tags", component=1)``.
 """
 
 from __future__ import annotations

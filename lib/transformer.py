@@ -137,7 +137,11 @@ class Embeddings(keras.layers.Layer):
         ``(batch, length, H)`` (or ``E`` without a projection).
 
     Raises:
-        ValueError: for sizes that are not positive integers, or a sequence longer than ``max_length``.
+        ValueError: for sizes that are not positive integers, a sequence longer than ``max_length``, or ids out
+            of range (a negative id would otherwise read the last row). The id check runs on the host in eager
+            mode and as a ``tf.debugging`` assertion in a ``tf.function``; under XLA (Keras's
+            ``jit_compile="auto"`` on a GPU) it cannot run: check the data beforehand with
+            ``lib.checks.validate_ids(token_ids, vocabulary_size, name="token_ids")``.
     """
 
     def __init__(self, vocabulary_size, embedding_size, hidden_size=None, max_length=512, num_segments=2,
