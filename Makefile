@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL = 3
 PYTEST_ARGS = --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 \
               --doctest-modules --durations=10
 
-.PHONY: install book student test lab notebooks results bench clean
+.PHONY: install book student test test-jax lab notebooks results bench clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,23 @@ student: install
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## make test-jax: the unit tests of the modules whose maths is backend-neutral (activations, attention, crf,
+## losses, optimizers) under KERAS_BACKEND=jax. JAX goes into its own venv, .venv-jax, which sees .venv's
+## packages through a .pth file (no second copy of TensorFlow); TensorFlow-only tests skip with a reason.
+JAX_VENV  ?= .venv-jax
+JAX_TESTS  = tests/test_activations.py tests/test_attention.py tests/test_crf.py tests/test_losses.py \
+             tests/test_optimizers.py tests/test_bad_inputs.py
+
+$(JAX_VENV)/.installed: requirements-jax.txt $(VENV)/.installed
+	test -x $(JAX_VENV)/bin/python || $(PYTHON) -m venv $(JAX_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+	  > "$$($(JAX_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/base-venv.pth"
+	$(JAX_VENV)/bin/python -m pip install -r requirements-jax.txt
+	touch $@
+
+test-jax: $(JAX_VENV)/.installed
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(JAX_VENV)/bin/python -m pytest -p no:cacheprovider --durations=5 $(JAX_TESTS)
+
 ## make lab: open the chapters in JupyterLab
 lab: install
 	$(BIN)/jupyter lab book
@@ -59,4 +76,4 @@ bench: install
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf _build .jupyter_cache
+	rm -rf _build .jupyter_cache $(JAX_VENV)

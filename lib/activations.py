@@ -26,7 +26,7 @@ import mpmath as mp
 import numpy as np
 from keras import ops
 
-from lib import minimax
+from lib import checks, minimax
 
 APPROXIMATIONS = ("none", "tanh", "sigmoid")
 """Accepted values of ``approximate``: the exact form and the two approximations."""
@@ -42,7 +42,7 @@ _TANH_SATURATED = 20.0
 """Beyond this |x| the tanh form's Φ is exactly 0 or 1 in float32 (√(2/π)(x + 0.044715 x³) > 300)."""
 
 
-def canonical_approximation(approximate) -> str:
+def canonical_approximation(approximate, name="approximate") -> str:
     """Map ``approximate`` to one of :data:`APPROXIMATIONS`.
 
     Booleans are accepted for compatibility with ``keras.activations.gelu``: ``False`` means
@@ -58,8 +58,8 @@ def canonical_approximation(approximate) -> str:
     if isinstance(approximate, str) and approximate.lower() in APPROXIMATIONS:
         return approximate.lower()
     raise ValueError(
-        f"`approximate` must be one of {APPROXIMATIONS} (or a bool: False for 'none', True for 'tanh'). "
-        f"Received: approximate={approximate!r}"
+        f"`{name}` must be one of {APPROXIMATIONS} (or a bool: False for 'none', True for 'tanh'). "
+        f"Received: {name}={approximate!r}"
     )
 
 
@@ -72,7 +72,7 @@ def normal_cdf(x, approximate="none"):
             ½[1 + tanh(√(2/π)(x + 0.044715 x³))], ``"sigmoid"`` for σ(1.702 x).
     """
     form = canonical_approximation(approximate)
-    x = ops.convert_to_tensor(x)
+    x = checks.check_tensor("x", x)
     if form == "none":
         # ½ erfc(−x/√2) equals ½[1 + erf(x/√2)] but keeps its digits in the left tail,
         # where 1 + erf(·) would cancel to 0.
@@ -108,7 +108,7 @@ def gelu(x, approximate="none"):
         Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", arXiv:1606.08415.
     """
     form = canonical_approximation(approximate)
-    x = ops.convert_to_tensor(x)
+    x = checks.check_tensor("x", x)
     if form == "sigmoid" or keras.backend.standardize_dtype(x.dtype) == "float64":
         # float64: tf.nn.gelu agrees with the formula only to ~1e-7 relative (found by the float64 test);
         # the composite formula keeps double precision (the fits of chapter 1 rely on it).
@@ -217,9 +217,9 @@ def max_abs_error(error: Callable[[np.ndarray], np.ndarray], x_max: float = 10.0
     """
     from scipy.optimize import minimize_scalar
 
-    if not x_max > 0:
+    if isinstance(x_max, bool) or not isinstance(x_max, (int, float, np.floating)) or not 0 < x_max < math.inf:
         raise ValueError(f"`x_max` must be positive. Received: x_max={x_max!r}")
-    if not 0 < step < x_max:
+    if isinstance(step, bool) or not isinstance(step, (int, float, np.floating)) or not 0 < step < x_max:
         raise ValueError(f"`step` must be in (0, x_max). Received: step={step!r}, x_max={x_max!r}")
     grid = np.arange(0.0, x_max + step / 2, step)
     values = np.abs(error(grid))

@@ -43,6 +43,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
+
 PENALTIES = ("norm", "squared")
 """Accepted values of ``penalty``: ε‖g‖ (the first-order equivalent of FGM) or ½ε‖g‖² (the article's code)."""
 
@@ -57,6 +59,15 @@ _SQUARED_NORM_FLOOR = 1e-30
 
 
 # --- the formulas ------------------------------------------------------------------------------------
+
+
+def _gradient(gradient):
+    """``gradient`` as a tensor; ``None`` and, where the values are at hand, NaN or inf are refused (a NaN
+    gradient would make every perturbation NaN). Inside a training step (traced) it is used as it is."""
+    gradient = checks.check_tensor("gradient", gradient)
+    if checks.is_concrete(gradient):
+        checks.check_finite("gradient", gradient)
+    return gradient
 
 
 def _check_epsilon(epsilon, allow_zero=True):
@@ -122,7 +133,8 @@ def fgm_perturbation(gradient, epsilon, *, per_example=True):
         Classification", arXiv:1605.07725.
     """
     epsilon = _check_epsilon(epsilon)
-    gradient = ops.convert_to_tensor(gradient)
+    checks.check_bool("per_example", per_example)
+    gradient = _gradient(gradient)
     dtype = gradient.dtype
     axes = _reduction_axes(len(gradient.shape), per_example)
     g = ops.cast(gradient, _working_dtype(gradient))
@@ -161,7 +173,7 @@ def fgsm_perturbation(gradient, epsilon):
         Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples", arXiv:1412.6572.
     """
     epsilon = _check_epsilon(epsilon)
-    gradient = ops.convert_to_tensor(gradient)
+    gradient = _gradient(gradient)
     return ops.cast(epsilon, gradient.dtype) * ops.sign(gradient)
 
 
@@ -200,7 +212,10 @@ def gradient_penalty(gradient, epsilon, *, penalty="norm"):
     epsilon = _check_epsilon(epsilon)
     if penalty not in PENALTIES:
         raise ValueError(f"`penalty` must be one of {PENALTIES}. Received: penalty={penalty!r}")
-    gradient = ops.convert_to_tensor(gradient)
+    gradient = _gradient(gradient)
+    if gradient.shape and gradient.shape[0] == 0:
+        raise ValueError("`gradient` must hold at least one example: the mean over an empty batch is NaN. "
+                         f"Received: gradient.shape={tuple(gradient.shape)}")
     axes = _reduction_axes(len(gradient.shape), True)
     g = ops.cast(gradient, _working_dtype(gradient))
     squared = ops.sum(ops.square(g), axis=axes) if axes else ops.square(g)
@@ -358,6 +373,8 @@ def find_layer(model, layer_name):
     """
     if not isinstance(layer_name, str) or not layer_name:
         raise ValueError(f"`layer_name` must be a non-empty string. Received: layer_name={layer_name!r}")
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(f"`model` must be a keras.Model (or layer) that contains the layer. Received: model={model!r}")
     layers = model._flatten_layers(include_self=False, recursive=True)
     for layer in layers:
         if layer.name == layer_name:
@@ -661,7 +678,7 @@ def adversarial_training(model, layer_name, epsilon=0.5, method="fgm", **kwargs)
 
 
 def _loss_function(loss):
-    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    loss = checks.get_keras_object("loss", keras.losses.get, loss) if isinstance(loss, str) else loss
     if not callable(loss):
         raise ValueError(f"`loss` must be a Keras loss, a loss name or a callable. Received: loss={loss!r}")
     return loss
@@ -729,8 +746,15 @@ def perturbed_predict(model, layer_name, x, y, loss, epsilons, *, direction="gra
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     layer = find_layer(model, layer_name)
     loss = _loss_function(loss)
+    if not epsilons:
+        raise ValueError(f"`epsilons` must hold at least one size. Received: epsilons={epsilons!r}")
+    if isinstance(x, dict):  # named inputs: every one holds the examples along its first axis
+        n = checks.check_same_length(**{f"x[{key!r}]": value for key, value in x.items()}, y=y)
+    else:
+        n = checks.check_same_length(x=x, y=y)
+    if n == 0:
+        raise ValueError(f"`x` must hold at least one example. Received: len(x)={n}")
 
-    n = len(x)
     results = [[] for _ in epsilons]
     for batch, start in enumerate(range(0, n, batch_size)):
         # eager on purpose: a tf.function made per call would be retraced at every call of this function

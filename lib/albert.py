@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
 from lib.checks import check_positive_int
 from lib.transformer import (
     MaskedLanguageModel,
@@ -77,13 +78,13 @@ class CharTokenizer:
     """
 
     def __init__(self, tokens: Sequence[str], lowercase: bool = True):
-        tokens = [str(token) for token in tokens]
+        tokens = [str(token) for token in checks.check_sequences("tokens", tokens)]
         missing = [token for token in SPECIAL_TOKENS if token not in tokens]
         if not tokens or tokens[0] != "[PAD]" or missing:
             raise ValueError(f"`tokens` must start with '[PAD]' and contain {list(SPECIAL_TOKENS)}. "
                              f"Received: tokens={tokens[:6]!r}... (missing {missing})")
         self.tokens = tokens
-        self.lowercase = bool(lowercase)
+        self.lowercase = checks.check_bool("lowercase", lowercase)
         self.index = {token: i for i, token in enumerate(tokens)}
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (self.index[t] for t in SPECIAL_TOKENS)
 
@@ -95,6 +96,8 @@ class CharTokenizer:
         return [self.index[token] for token in SPECIAL_TOKENS]
 
     def normalize(self, text: str) -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a string. Received: text={text!r} of type {type(text).__name__}")
         text = unicodedata.normalize("NFKC", text)
         if self.lowercase:
             text = text.lower()
@@ -104,6 +107,8 @@ class CharTokenizer:
     def from_texts(cls, texts: Iterable[str], max_size: int, min_count: int = 1) -> "CharTokenizer":
         """The special tokens, then the most frequent characters (ties in first-seen order), ``max_size`` in all."""
         max_size = check_positive_int("max_size", max_size)
+        min_count = check_positive_int("min_count", min_count)
+        texts = checks.check_strings("texts", texts)
         if max_size < len(SPECIAL_TOKENS):
             raise ValueError(f"`max_size` must be at least {len(SPECIAL_TOKENS)}. Received: max_size={max_size}")
         probe = cls(SPECIAL_TOKENS)
@@ -124,7 +129,7 @@ class CharTokenizer:
         length = check_positive_int("length", length)
         if length < 3:
             raise ValueError(f"`length` must be at least 3 ([CLS], one token, [SEP]). Received: length={length}")
-        rows = [[self.cls_id, *self.ids(text)[: length - 2], self.sep_id] for text in texts]
+        rows = [[self.cls_id, *self.ids(text)[: length - 2], self.sep_id] for text in checks.check_strings("texts", texts)]
         out = np.full((len(rows), length), self.pad_id, dtype=np.int32)
         for i, row in enumerate(rows):
             out[i, : len(row)] = row
@@ -134,9 +139,12 @@ class CharTokenizer:
         """Like :meth:`encode`, but long texts are cut into consecutive chunks instead of truncated (for
         pre-training), and chunks shorter than ``min_tokens`` characters are dropped."""
         length = check_positive_int("length", length)
+        if length < 3:
+            raise ValueError(f"`length` must be at least 3 ([CLS], one token, [SEP]). Received: length={length}")
+        min_tokens = check_positive_int("min_tokens", min_tokens)
         width = length - 2
         chunks = []
-        for text in texts:
+        for text in checks.check_strings("texts", texts):
             ids = self.ids(text)
             chunks.extend(ids[start: start + width] for start in range(0, len(ids), width))
         rows = [[self.cls_id, *chunk, self.sep_id] for chunk in chunks if len(chunk) >= min_tokens]
@@ -146,6 +154,8 @@ class CharTokenizer:
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
+        ids = checks.check_array("ids", ids, ndim=1, kind="iu")
+        checks.validate_ids(ids, len(self.tokens), name="ids")
         return "".join(self.tokens[int(i)] for i in ids if int(i) != self.pad_id)
 
 
@@ -168,11 +178,17 @@ def mask_tokens(token_ids, *, vocabulary_size, mask_id, special_ids, rate=0.15, 
         A dict with ``token_ids`` (masked copy), ``mask_positions`` ``(n, M)``, ``labels`` ``(n, M)`` (the
         original ids) and ``weights`` ``(n, M)`` (1.0 for a real prediction, 0.0 for an unused slot).
     """
-    token_ids = np.asarray(token_ids)
+    token_ids = checks.check_array("token_ids", token_ids, kind="iu")
     if token_ids.ndim != 2:
-        raise ValueError(f"`token_ids` must be a 2-D integer array. Received: shape {token_ids.shape}")
-    if not 0.0 < float(rate) < 1.0:
-        raise ValueError(f"`rate` must be in (0, 1). Received: rate={rate!r}")
+        raise ValueError(f"`token_ids` must be a 2-D integer array. Received: token_ids.shape={token_ids.shape}")
+    rate = checks.check_number("rate", rate, 0.0, 1.0, low_open=True, high_open=True)
+    vocabulary_size = check_positive_int("vocabulary_size", vocabulary_size)
+    checks.validate_ids(token_ids, vocabulary_size, name="token_ids")
+    checks.check_int("mask_id", mask_id, 0, vocabulary_size - 1)
+    special_ids = checks.check_array("special_ids", list(special_ids), ndim=1, kind="iu")
+    if np.setdiff1d(np.arange(vocabulary_size), special_ids).size == 0:
+        raise ValueError("`special_ids` must leave at least one ordinary id to draw random replacements from. "
+                         f"Received: special_ids={special_ids.tolist()} with vocabulary_size={vocabulary_size}")
     n, length = token_ids.shape
     m = check_positive_int("max_predictions", max_predictions or int(np.ceil(rate * length)))
     rng = np.random.default_rng(seed)
@@ -271,6 +287,11 @@ class PretrainingRecipe:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def reduced(self, **changes) -> "PretrainingRecipe":
+        fields = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise ValueError(f"`{unknown[0]}` is not a field of PretrainingRecipe (fields: {sorted(fields)}). "
+                             f"Received: {', '.join(f'{name}={changes[name]!r}' for name in unknown)}")
         return dataclasses.replace(self, **changes)
 
     def encoder(self, vocabulary=None) -> TransformerEncoder:
@@ -285,8 +306,13 @@ class PretrainingRecipe:
 def predict_logits(model: keras.Model, inputs, batch_size: int = 512) -> np.ndarray:
     """``model.predict`` in batches of one shape: the inputs are padded to whole batches (and the padding
     dropped from the result), so the prediction step is traced once, however many rows there are."""
+    batch_size = check_positive_int("batch_size", batch_size)
     flat = inputs if isinstance(inputs, Mapping) else {"token_ids": inputs}
+    if flat.get("token_ids") is None:
+        raise ValueError(f"`inputs` must be token ids or a dict with 'token_ids'. Received: inputs={inputs!r}")
     n = len(flat["token_ids"])
+    if n == 0:
+        raise ValueError("`inputs` must hold at least one row. Received: inputs with 0 rows")
     size = min(batch_size, n)
     total = -(-n // size) * size
     padded = {key: np.concatenate([value, np.zeros((total - n, *value.shape[1:]), value.dtype)])

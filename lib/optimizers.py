@@ -26,6 +26,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
+
 PAPER_DEFAULTS = {
     "epsilon_1": 1e-30,
     "epsilon_2": 1e-3,
@@ -63,8 +65,8 @@ def generalized_kl(p, q):
     >>> round(generalized_kl(np.array([1.0, 2.0]), np.array([1.0, 1.0])), 6)
     0.386294
     """
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
+    p = checks.check_array("p", p, dtype=np.float64)
+    q = checks.check_array("q", q, dtype=np.float64)
     if p.shape != q.shape:
         raise ValueError(f"`p` and `q` must have the same shape. Received: p.shape={p.shape}, q.shape={q.shape}")
     if np.any(p < 0):
@@ -103,7 +105,7 @@ def rank_one_factors(c):
         Su Jianlin, "AdaFactor优化器浅析（附开源实现）", https://kexue.fm/archives/7302 (2020);
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", arXiv:1804.04235.
     """
-    c = np.asarray(c, dtype=np.float64)
+    c = checks.check_array("c", c, dtype=np.float64)
     if c.ndim != 2:
         raise ValueError(f"`c` must be a matrix (2-D). Received: c.shape={c.shape}")
     if np.any(c < 0) or not c.sum() > 0:
@@ -111,6 +113,20 @@ def rank_one_factors(c):
                          f"c.sum()={c.sum()!r}")
     total = c.sum()
     return c.sum(axis=1), c.sum(axis=0) / total
+
+
+def _steps(step):
+    """Step numbers ``t >= 1`` as a tensor: at ``t = 0`` the schedules divide by zero (``0^-c``, ``1/√0``)
+    and return inf or NaN. Checked where the values are at hand; a traced step (the optimizer's own
+    counter, always ``iterations + 1``) is used as it is."""
+    step = checks.check_tensor("step", step)
+    if checks.is_concrete(step):
+        values = np.asarray(ops.convert_to_numpy(step), dtype=np.float64)
+        if values.size and not (np.all(values >= 1) and np.all(np.isfinite(values))):
+            bad = values[~((values >= 1) & np.isfinite(values))]
+            raise ValueError("`step` must count from 1 (t = 1, 2, ...): the schedules are undefined at t <= 0. "
+                             f"Received: step holding {bad[:5].tolist()}")
+    return step
 
 
 def beta_2_schedule(step, decay_exponent=PAPER_DEFAULTS["decay_exponent"]):
@@ -124,7 +140,8 @@ def beta_2_schedule(step, decay_exponent=PAPER_DEFAULTS["decay_exponent"]):
     >>> [round(float(v), 4) for v in beta_2_schedule(np.array([1.0, 2.0, 1000.0]))]
     [0.0, 0.4257, 0.996]
     """
-    step = ops.convert_to_tensor(step)
+    step = _steps(step)
+    decay_exponent = checks.check_number("decay_exponent", decay_exponent, 0.0, low_open=True)
     return 1.0 - ops.power(step, -decay_exponent)
 
 
@@ -139,7 +156,8 @@ def adam_effective_beta_2(step, beta_2=0.999):
     >>> [round(float(v), 4) for v in adam_effective_beta_2(np.array([1.0, 2.0, 1e5]))]
     [0.0, 0.4997, 0.999]
     """
-    step = ops.convert_to_tensor(step)
+    step = _steps(step)
+    beta_2 = checks.check_number("beta_2", beta_2, 0.0, 1.0, low_open=True, high_open=True)
     return beta_2 * (1.0 - ops.power(beta_2, step - 1.0)) / (1.0 - ops.power(beta_2, step))
 
 
@@ -151,12 +169,14 @@ def relative_step_size(step, cap=PAPER_DEFAULTS["relative_step_cap"]):
     >>> [round(float(v), 5) for v in relative_step_size(np.array([1.0, 10_000.0, 40_000.0]))]
     [0.01, 0.01, 0.005]
     """
-    step = ops.convert_to_tensor(step)
+    step = _steps(step)
+    cap = checks.check_number("cap", cap, 0.0, low_open=True)
     return ops.minimum(ops.rsqrt(step), cap)
 
 
 def rms(x, axis=None, keepdims=False):
     """Root mean square, ``√(mean(x²))``: the article's RMS."""
+    x = checks.check_tensor("x", x)
     return ops.sqrt(ops.mean(ops.square(x), axis=axis, keepdims=keepdims))
 
 
@@ -178,7 +198,10 @@ def factored_axes(shape, min_dim_size_to_factor=1):
     >>> factored_axes((512,)), factored_axes((512, 64), min_dim_size_to_factor=128)
     (None, None)
     """
+    if shape is None or isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise TypeError(f"`shape` must be a tuple of integers (a variable's shape). Received: shape={shape!r}")
     shape = tuple(int(d) for d in shape)
+    min_dim_size_to_factor = checks.check_positive_int("min_dim_size_to_factor", min_dim_size_to_factor)
     if len(shape) < 2:
         return None
     largest = sorted(range(len(shape)), key=lambda axis: (shape[axis], axis))[-2:]
@@ -256,9 +279,16 @@ def _stable_rms(x, axis=None):
 
 
 def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
-    return value
+    return checks.check_bool(name, value, expected="True or False")
+
+
+def _unique_name(prefix):
+    """``prefix``, then ``prefix_1``, ``prefix_2``...: Keras's own counter, shared with its objects."""
+    try:
+        from keras.src.utils.naming import uniquify
+    except ImportError:  # pragma: no cover - a Keras without it: the plain name
+        return prefix
+    return uniquify(prefix)
 
 
 @keras.saving.register_keras_serializable(package="lib")
@@ -307,7 +337,8 @@ class AdaFactor(keras.optimizers.Optimizer):
         min_dim_size_to_factor: factor only when both factored axes have at least this length (the article's
             code and mesh_tensorflow use 128: a thin matrix saves little). ``1`` factors every matrix, as the
             paper's algorithm and ``keras.optimizers.Adafactor`` do. Defaults to ``128``.
-        name: the optimizer's name. Defaults to ``"adafactor"``.
+        name: the optimizer's name. Defaults to ``"adafactor"``, numbered (``"adafactor_1"``, ...) from the second
+            optimizer on, as Keras numbers its own optimizers.
         **kwargs: the arguments every Keras optimizer takes (``weight_decay``, ``clipnorm``, ``use_ema``...).
 
     Raises:
@@ -342,7 +373,7 @@ class AdaFactor(keras.optimizers.Optimizer):
         multiply_by_parameter_scale=True,
         factored=True,
         min_dim_size_to_factor=128,
-        name="adafactor",
+        name=None,
         **kwargs,
     ):
         if _is_number(learning_rate):
@@ -365,6 +396,8 @@ class AdaFactor(keras.optimizers.Optimizer):
                 or min_dim_size_to_factor < 1):
             raise ValueError("`min_dim_size_to_factor` must be a positive integer. "
                              f"Received: min_dim_size_to_factor={min_dim_size_to_factor!r}")
+        if name is None:  # "adafactor", then "adafactor_1", ...: numbered as Keras numbers its own optimizers
+            name = _unique_name("adafactor")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1 = beta_1 or None
         self.decay_exponent = decay_exponent
@@ -452,6 +485,11 @@ class AdaFactor(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         dtype = self._state_dtype(variable)
         gradient = ops.cast(_dense_gradient(gradient, variable), dtype)
+        if not all(g is None or v is None or g == v for g, v in zip(gradient.shape, variable.shape)) or len(
+                gradient.shape) != len(variable.shape):
+            raise ValueError(f"`gradient` must have the shape of its variable {tuple(variable.shape)} "
+                             f"({getattr(variable, 'path', variable.name)}). Received: gradient.shape="
+                             f"{tuple(gradient.shape)}")
         finite = ops.all(ops.isfinite(gradient))  # else: skip this variable (see the class docstring)
         gradient = ops.where(finite, gradient, 0.0)
 

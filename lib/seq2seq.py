@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lib import checks
 from lib.adversarial import fgm_perturbation
 
 PAD_ID = 0
@@ -52,9 +53,7 @@ prose) or uniformly from the target vocabulary."""
 
 
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
-    return int(value)
+    return checks.check_int(name, value, minimum=minimum)
 
 
 def _check_rate(name, value):
@@ -114,7 +113,10 @@ def shift_right(targets, start_id):
     >>> ops.convert_to_numpy(shift_right([[5, 6, 3, 0]], start_id=2)).tolist()
     [[2, 5, 6, 0]]
     """
-    targets = ops.convert_to_tensor(targets, dtype="int32")
+    start_id = _check_int("start_id", start_id, 0)
+    targets = checks.check_tensor("targets", targets, dtype="int32")
+    if len(targets.shape) != 2:
+        raise ValueError(f"`targets` must have shape (batch, length). Received: targets.shape={tuple(targets.shape)}")
     start = ops.full((ops.shape(targets)[0], 1), start_id, dtype="int32")
     shifted = ops.concatenate([start, targets[:, :-1]], axis=1)
     # an input is read only where there is a target to predict: the end token is never an input
@@ -229,7 +231,12 @@ def output_log_probs(logits, start_id, pad_id=PAD_ID):
     Returns:
         float32 log-probabilities of the same shape (``-inf`` at the two ids).
     """
-    logits = ops.cast(logits, "float32")
+    logits = ops.cast(checks.check_tensor("logits", logits), "float32")
+    if not logits.shape:
+        raise ValueError(f"`logits` must have a vocabulary axis (..., vocabulary_size). Received: logits.shape=()")
+    size = logits.shape[-1]
+    for name, value in (("start_id", start_id), ("pad_id", pad_id)):
+        checks.check_int(name, value, 0, None if size is None else size - 1)
     vocabulary = ops.arange(ops.shape(logits)[-1])
     banned = ops.logical_or(vocabulary == pad_id, vocabulary == start_id)
     logits = ops.where(banned, -np.inf, logits)
@@ -317,6 +324,7 @@ def greedy_search(step_fn: StepFunction, initial_state, *, start_id, end_id, max
 def length_penalty_factor(lengths, alpha):
     """The GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016): beam search ranks the
     finished hypotheses by ``log p / factor``; ``alpha = 0`` ranks by ``log p`` itself."""
+    alpha = _check_non_negative("alpha", alpha)
     return ops.power((5.0 + ops.cast(lengths, "float32")) / 6.0, alpha)
 
 
@@ -424,7 +432,10 @@ def prefix_table_model(distributions, vocabulary_size, end_id, start_id=None):
     Raises:
         ValueError: if a distribution does not sum to 1 or names an id outside the vocabulary.
     """
+    vocabulary_size = _check_int("vocabulary_size", vocabulary_size, 2)
+    checks.check_int("end_id", end_id, 0, vocabulary_size - 1)
     start_id = end_id - 1 if start_id is None else start_id
+    checks.check_int("start_id", start_id, 0, vocabulary_size - 1)
     prefixes = sorted({tuple(p) for p in distributions} | {()}, key=lambda p: (len(p), p))
     index = {prefix: i for i, prefix in enumerate(prefixes)}
     sink = len(prefixes)  # "ended": end with probability 1
@@ -928,6 +939,8 @@ def grapheme_phoneme_pairs(*, min_phonemes=8, max_phonemes=12, max_letters=12, s
 
 def strip_end(sequence, end_id):
     """The tokens of one output before its first end token (all of them if it has none), as a list."""
+    if isinstance(end_id, bool) or not isinstance(end_id, (int, np.integer)):
+        raise ValueError(f"`end_id` must be an integer (the end token). Received: end_id={end_id!r}")
     tokens = []
     for token in np.asarray(sequence).tolist():
         if token == end_id:
@@ -971,6 +984,17 @@ def edit_alignment(prediction, target):
     return cost[n][m], touched
 
 
+def _pair_of_outputs(predictions, targets):
+    """Check that predictions and targets hold the same (non-zero) number of outputs; as NumPy arrays."""
+    for name, value in (("predictions", predictions), ("targets", targets)):
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError(f"`{name}` must be an array of token ids (n, length). Received: {name}={value!r}")
+    n = checks.check_same_length(predictions=predictions, targets=targets)
+    if n == 0:
+        raise ValueError("`predictions` and `targets` must hold at least one output each: a rate over no "
+                         "outputs is undefined. Received: len(targets)=0")
+
+
 def phoneme_error_rate(predictions, targets, end_id):
     """Token error rate: total edit distance over total target length (end tokens excluded).
 
@@ -981,6 +1005,7 @@ def phoneme_error_rate(predictions, targets, end_id):
     Returns:
         A float: 0 when every output is right; it can exceed 1 for very long wrong outputs.
     """
+    _pair_of_outputs(predictions, targets)
     distance = total = 0
     for prediction, target in zip(predictions, targets):
         target = strip_end(target, end_id)
@@ -991,6 +1016,7 @@ def phoneme_error_rate(predictions, targets, end_id):
 
 def sequence_error_rate(predictions, targets, end_id):
     """Fraction of outputs that differ from their target anywhere before the end token (word error rate)."""
+    _pair_of_outputs(predictions, targets)
     return float(np.mean([strip_end(p, end_id) != strip_end(t, end_id) for p, t in zip(predictions, targets)]))
 
 
@@ -1012,7 +1038,10 @@ def position_errors(predictions, targets, end_id):
         ``(errors, valid, on_track)``: boolean arrays ``(n, length)``: an error at the position, the
         position exists in the target, and the output was right up to the position.
     """
+    _pair_of_outputs(predictions, targets)
     predictions, targets = np.asarray(predictions), np.asarray(targets)
+    if targets.ndim != 2:
+        raise ValueError(f"`targets` must have shape (n, length). Received: targets.shape={targets.shape}")
     n, width = targets.shape
     errors = np.zeros((n, width), dtype=bool)
     valid = np.zeros((n, width), dtype=bool)
@@ -1048,7 +1077,12 @@ def conditional_error_rates(errors, valid, on_track):
         ``"share_on_track"`` the fraction of sequences still right before the position, and
         ``"overall"`` the error rate at the position.
     """
-    errors, valid, on_track = (np.asarray(a, dtype=bool) for a in (errors, valid, on_track))
+    errors, valid, on_track = (checks.check_array(name, a, ndim=2).astype(bool) for name, a in
+                               (("errors", errors), ("valid", valid), ("on_track", on_track)))
+    for name, array in (("valid", valid), ("on_track", on_track)):
+        if array.shape != errors.shape:
+            raise ValueError(f"`{name}` must have the shape of `errors` {errors.shape}. "
+                             f"Received: {name}.shape={array.shape}")
 
     def rate(numerator, denominator):
         count = denominator.sum(axis=0)
@@ -1084,7 +1118,14 @@ def two_state_error_rates(on_track_error, off_track_error):
     >>> two_state_error_rates([0.1, 0.1, 0.1], 1.0).round(3).tolist()
     [0.1, 0.19, 0.271]
     """
-    epsilon = np.asarray(on_track_error, dtype=float)
-    q = np.broadcast_to(np.asarray(off_track_error, dtype=float), epsilon.shape)
+    epsilon = checks.check_array("on_track_error", on_track_error, ndim=1, dtype=float)
+    q = checks.check_array("off_track_error", off_track_error, dtype=float)
+    for name, values in (("on_track_error", epsilon), ("off_track_error", q)):
+        if not np.all((values >= 0) & (values <= 1)):
+            raise ValueError(f"`{name}` must hold probabilities in [0, 1]. Received: {name}={values.tolist()}")
+    if q.ndim > 1 or (q.ndim == 1 and q.shape != epsilon.shape):
+        raise ValueError(f"`off_track_error` must be a number or one per position ({epsilon.shape[0]}). "
+                         f"Received: off_track_error.shape={q.shape}")
+    q = np.broadcast_to(q, epsilon.shape)
     still_on = np.concatenate([[1.0], np.cumprod(1.0 - epsilon)[:-1]])
     return still_on * epsilon + (1.0 - still_on) * q

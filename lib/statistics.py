@@ -34,6 +34,28 @@ def _vector(name, values, minimum_length=1):
     return array
 
 
+def _check_result(result, keys):
+    if not isinstance(result, dict):
+        raise TypeError(f"`result` must be the dict of paired_difference or bootstrap_ratio_difference. "
+                        f"Received: result={result!r}")
+    missing = [key for key in keys if key not in result]
+    if missing:
+        raise ValueError(f"`result` must hold {list(keys)} (a paired_difference or bootstrap result). "
+                         f"Received: result with keys {sorted(result)}")
+
+
+def _check_number(name, value):
+    from lib.checks import check_number
+
+    return check_number(name, value)
+
+
+def _check_int(name, value, minimum):
+    from lib.checks import check_int
+
+    return check_int(name, value, minimum=minimum)
+
+
 def _check_confidence(confidence):
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise ValueError(f"`confidence` must be a number in (0, 1). Received: confidence={confidence!r}")
@@ -147,6 +169,12 @@ def interval_text(result: dict, *, scale: float = 1.0, digits: int = 2) -> str:
     >>> interval_text({"mean": 0.0052, "low": 0.0014, "high": 0.009}, scale=100)
     '+0.52 [+0.14, +0.90]'
     """
+    _check_result(result, ("low", "high"))
+    if "mean" not in result and "difference" not in result:
+        raise ValueError("`result` must hold 'mean' or 'difference' (a paired_difference or bootstrap result). "
+                         f"Received: result with keys {sorted(result)}")
+    scale = _check_number("scale", scale)
+    digits = _check_int("digits", digits, 0)
     centre = result["mean"] if "mean" in result else result["difference"]
     return (f"{scale * centre:+.{digits}f} [{scale * result['low']:+.{digits}f}, "
             f"{scale * result['high']:+.{digits}f}]")
@@ -158,6 +186,7 @@ def sign_of_interval(result: dict) -> str:
     >>> sign_of_interval({"low": -0.1, "high": 0.3})
     'includes zero'
     """
+    _check_result(result, ("low", "high"))
     if result["low"] > 0:
         return "above zero"
     if result["high"] < 0:

@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from lib.activations import GELU, canonical_approximation
+from lib import checks
 from lib.checks import check_positive_int
 from lib.attention import MultiHeadAttention
 
@@ -37,16 +38,23 @@ ARTICLE_URL = "https://kexue.fm/archives/7187"
 # --- argument checks -----------------------------------------------------------------------------------------
 
 
-def _check_non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative integer. Received: {name}={value!r}")
-    return int(value)
-
-
+_check_non_negative_int = checks.check_non_negative_int
 def _check_rate(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"`{name}` must be a float in [0, 1). Received: {name}={value!r}")
     return float(value)
+
+
+def _check_positive_float(name, value):
+    return checks.check_number(name, value, 0.0, low_open=True)
+
+
+def _token_ids(name, token_ids):
+    """A (batch, length) tensor of ids; ``None``, another rank or fractional ids are refused."""
+    token_ids = checks.check_tensor(name, token_ids)
+    if len(token_ids.shape) != 2:
+        raise ValueError(f"`{name}` must have shape (batch, length). Received: {name}.shape={tuple(token_ids.shape)}")
+    return token_ids
 
 
 def _truncated_normal(stddev):
@@ -129,7 +137,11 @@ class Embeddings(keras.layers.Layer):
         ``(batch, length, H)`` (or ``E`` without a projection).
 
     Raises:
-        ValueError: for sizes that are not positive integers, or a sequence longer than ``max_length``.
+        ValueError: for sizes that are not positive integers, a sequence longer than ``max_length``, or ids out
+            of range (a negative id would otherwise read the last row). The id check runs on the host in eager
+            mode and as a ``tf.debugging`` assertion in a ``tf.function``; under XLA (Keras's
+            ``jit_compile="auto"`` on a GPU) it cannot run: check the data beforehand with
+            ``lib.checks.validate_ids(token_ids, vocabulary_size, name="token_ids")``.
     """
 
     def __init__(self, vocabulary_size, embedding_size, hidden_size=None, max_length=512, num_segments=2,
@@ -141,8 +153,8 @@ class Embeddings(keras.layers.Layer):
         self.max_length = check_positive_int("max_length", max_length)
         self.num_segments = _check_non_negative_int("num_segments", num_segments)
         self.dropout = _check_rate("dropout", dropout)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.initializer_range = float(initializer_range)
+        self.layer_norm_epsilon = _check_positive_float("layer_norm_epsilon", layer_norm_epsilon)
+        self.initializer_range = _check_positive_float("initializer_range", initializer_range)
         self.norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
                                                     name="norm")
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="dropout")
@@ -167,11 +179,20 @@ class Embeddings(keras.layers.Layer):
             self.projection.build((None, None, e))
 
     def call(self, token_ids, segment_ids=None, training=None):
+        token_ids = _token_ids("token_ids", token_ids)
         length = token_ids.shape[1]
         if isinstance(length, int) and length > self.max_length:
             raise ValueError(f"`token_ids` must be at most max_length={self.max_length} long. "
                              f"Received: token_ids with shape {tuple(token_ids.shape)}")
-        token_ids = ops.cast(token_ids, "int32")
+        # ids out of range would wrap around (-1 reads the last row) or fail deep in the gather; under XLA no
+        # value check can run (lib.checks.validate_ids checks a dataset on the host beforehand)
+        token_ids = ops.cast(checks.check_ids("token_ids", token_ids, self.vocabulary_size), "int32")
+        if segment_ids is not None:
+            segment_ids = _token_ids("segment_ids", segment_ids)
+            if not all(a is None or b is None or a == b for a, b in zip(segment_ids.shape, token_ids.shape)):
+                raise ValueError("`segment_ids` must have the shape of `token_ids`. Received: segment_ids.shape="
+                                 f"{tuple(segment_ids.shape)}, token_ids.shape={tuple(token_ids.shape)}")
+            segment_ids = checks.check_ids("segment_ids", segment_ids, max(self.num_segments, 1))
         dtype = self.compute_dtype
         x = ops.take(ops.cast(self.token_embeddings, dtype), token_ids, axis=0)
         positions = ops.arange(ops.shape(token_ids)[1], dtype="int32")
@@ -243,13 +264,13 @@ class TransformerBlock(keras.layers.Layer):
                              f"Received: hidden_size={hidden_size}, num_heads={num_heads}")
         self.key_size = check_positive_int("key_size", key_size, allow_none=True)
         self.value_size = check_positive_int("value_size", value_size, allow_none=True)
-        self.talking_heads_pre = bool(talking_heads_pre)
-        self.talking_heads_post = bool(talking_heads_post)
+        self.talking_heads_pre = checks.check_bool("talking_heads_pre", talking_heads_pre)
+        self.talking_heads_post = checks.check_bool("talking_heads_post", talking_heads_post)
         self.dropout = _check_rate("dropout", dropout)
         self.attention_dropout = _check_rate("attention_dropout", attention_dropout)
-        self.activation = canonical_approximation(activation)
-        self.layer_norm_epsilon = float(layer_norm_epsilon)
-        self.initializer_range = float(initializer_range)
+        self.activation = canonical_approximation(activation, name="activation")
+        self.layer_norm_epsilon = _check_positive_float("layer_norm_epsilon", layer_norm_epsilon)
+        self.initializer_range = _check_positive_float("initializer_range", initializer_range)
 
         key = self.key_size or self.hidden_size // self.num_heads
         common = {"dtype": self.dtype_policy}
@@ -281,6 +302,9 @@ class TransformerBlock(keras.layers.Layer):
         self.output_norm.build(shape)
 
     def call(self, inputs, attention_mask=None, training=None):
+        if len(inputs.shape) != 3 or inputs.shape[-1] not in (None, self.hidden_size):
+            raise ValueError(f"`inputs` must have shape (batch, length, hidden_size={self.hidden_size}). "
+                             f"Received: inputs.shape={tuple(inputs.shape)}")
         h = self.attention(inputs, inputs, attention_mask=attention_mask, training=training)
         x = self.attention_norm(inputs + self.attention_dropout_layer(h, training=training))
         h = self.output_dense(self.activation_layer(self.intermediate(x)))
@@ -369,12 +393,12 @@ class TransformerEncoder(keras.layers.Layer):
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
         self.embedding_size = check_positive_int("embedding_size", embedding_size, allow_none=True)
-        self.share_layers = bool(share_layers)
+        self.share_layers = checks.check_bool("share_layers", share_layers)
         self.dropout = _check_rate("dropout", dropout)
         self.attention_dropout = self.dropout if attention_dropout is None else _check_rate(
             "attention_dropout", attention_dropout)
         if vocabulary is not None:
-            vocabulary = [str(token) for token in vocabulary]
+            vocabulary = checks.check_strings("vocabulary", vocabulary)
             if len(vocabulary) != self.vocabulary_size:
                 raise ValueError(f"`vocabulary` must hold vocabulary_size={self.vocabulary_size} tokens. "
                                  f"Received: vocabulary of length {len(vocabulary)}")
@@ -417,8 +441,16 @@ class TransformerEncoder(keras.layers.Layer):
         return self.blocks[0 if self.share_layers else index]
 
     def call(self, token_ids, segment_ids=None, padding_mask=None, training=None):
+        token_ids = _token_ids("token_ids", token_ids)
         if padding_mask is None:
             padding_mask = ops.not_equal(ops.cast(token_ids, "int32"), 0)
+        else:
+            padding_mask = checks.check_tensor("padding_mask", padding_mask)
+            if len(padding_mask.shape) != 2 or not all(
+                    a is None or b is None or a == b for a, b in zip(padding_mask.shape, token_ids.shape)):
+                raise ValueError("`padding_mask` must have the shape of `token_ids`, (batch, length). Received: "
+                                 f"padding_mask.shape={tuple(padding_mask.shape)}, "
+                                 f"token_ids.shape={tuple(token_ids.shape)}")
         attention_mask = ops.expand_dims(ops.cast(padding_mask, "bool"), 1)  # (batch, 1, length)
         x = self.embeddings(token_ids, segment_ids, training=training)
         for index in range(self.num_layers):
@@ -515,6 +547,8 @@ class MaskedLanguageModel(keras.Model):
         if not isinstance(encoder, TransformerEncoder):
             raise ValueError(f"`encoder` must be a TransformerEncoder. Received: encoder={encoder!r}")
         self.encoder = encoder
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"`metadata` must be a dict or None. Received: metadata={metadata!r}")
         self.metadata = dict(metadata or {})
         width = encoder.embedding_size or encoder.hidden_size
         block = encoder.blocks[0]
@@ -537,6 +571,9 @@ class MaskedLanguageModel(keras.Model):
         token_ids, segment_ids, padding_mask, positions = _unpack_inputs(inputs)
         h = self.encoder(token_ids, segment_ids=segment_ids, padding_mask=padding_mask, training=training)
         if positions is not None:
+            positions = _token_ids("mask_positions", positions)
+            length = token_ids.shape[1] if token_ids.shape[1] is not None else ops.shape(token_ids)[1]
+            positions = checks.check_ids("mask_positions", positions, length) if isinstance(length, int) else positions
             h = ops.take_along_axis(h, ops.expand_dims(ops.cast(positions, "int32"), -1), axis=1)
         h = self.transform_norm(self.transform_activation(self.transform(h)))
         table = ops.cast(self.encoder.embeddings.token_embeddings, h.dtype)
@@ -670,6 +707,11 @@ def parameter_count(vocabulary_size, hidden_size, num_layers, intermediate_size,
     >>> parameter_count(30000, 768, 12, 3072, embedding_size=128, share_layers=True)  # albert-base
     11683584
     """
+    for name, value in (("vocabulary_size", vocabulary_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers), ("intermediate_size", intermediate_size),
+                        ("embedding_size", embedding_size), ("max_length", max_length)):
+        if isinstance(value, (bool, str, float, int, np.integer)):  # numbers; sympy symbols give the formula
+            (_check_non_negative_int if name == "num_layers" else check_positive_int)(name, value)
     V, H, L, I, P, S = vocabulary_size, hidden_size, num_layers, intermediate_size, max_length, num_segments
     E = H if embedding_size is None else embedding_size
     qk = H if key_width is None else key_width

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import sympy as sp
 import tensorflow as tf
+from keras import ops
 
 from lib import attention
 from lib.attention import MultiHeadAttention
@@ -35,7 +36,7 @@ def twins(num_heads=4, key_size=8, value_size=None, query=None, value=None, key=
 def reference(layer, query, value, key=None, mask=None):
     """NumPy float64 re-computation of the layer's forward pass from its weights (talking heads included)."""
     key = value if key is None else key
-    w = {v.name: np.asarray(v.numpy(), dtype=np.float64) for v in layer.weights}
+    w = {v.name: np.asarray(np.asarray(v), dtype=np.float64) for v in layer.weights}
     q = np.einsum("btd,dhk->bhtk", query, w["query_kernel"]) + w["query_bias"][None, :, None]
     k = np.einsum("bsd,dhk->bhsk", key, w["key_kernel"]) + w["key_bias"][None, :, None]
     v = np.einsum("bsd,dhv->bhsv", value, w["value_kernel"]) + w["value_bias"][None, :, None]
@@ -283,7 +284,7 @@ def test_mixed_precision_and_xla():
         layer.set_weights(reference_layer.get_weights())
         output, scores = tf.function(lambda q, v: layer(q, v, return_attention_scores=True),
                                      jit_compile=True)(query, value)
-        assert output.dtype == tf.float16 and scores.dtype == tf.float16
+        assert output.dtype == "float16" and scores.dtype == "float16"
         assert all(w.dtype == "float32" for w in layer.weights)
         np.testing.assert_allclose(np.asarray(output, "float32"), expected, rtol=2e-2, atol=2e-2)
         # logits far beyond float16's exp range (e^11 already overflows) stay finite: masking and the softmax
@@ -432,13 +433,24 @@ def test_bad_shapes_raise_value_error():
         layer(np.zeros((2, 5, 3), "float32"), np.zeros((2, 5, 4), "float32"))
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 6), (5,), (2, 1, 5, 7), (3, 5, 7)])
+@pytest.mark.parametrize("shape", [(2, 5, 6), (5,), (3, 5, 7), (2, 1, 1, 5, 7)])
 def test_bad_mask_shape_raises_value_error(shape):
     query, value = inputs()
     layer = MultiHeadAttention(2, 4)
     with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable to \(batch, query_length, "
                                          r"value_length\)=\(2, 5, 7\). Received: attention_mask.shape="
                                          + re.escape(str(shape))):
+        layer(query, value, attention_mask=np.ones(shape, bool))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 2, 5, 6)])
+def test_bad_per_head_mask_shape_raises_value_error(shape):
+    """A rank-4 mask is one mask per head, (batch, num_heads, T, S): (2, 1, 5, 7) broadcasts, 3 heads do not."""
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4)
+    with pytest.raises(ValueError, match=r"`attention_mask` of rank 4 \(one mask per head\) must be broadcastable to "
+                                         r"\(batch, num_heads, query_length, value_length\)=\(2, 2, 5, 7\). "
+                                         r"Received: attention_mask.shape=" + re.escape(str(shape))):
         layer(query, value, attention_mask=np.ones(shape, bool))
 
 
@@ -455,3 +467,85 @@ def test_experiment_helpers_reject_bad_input():
         attention.low_rank_logit_error(np.ones((1, 3, 3)) / 3, 0)
     with pytest.raises(ValueError, match=r"`target` and `predicted` must have the same shape"):
         attention.kl_divergence(np.ones((2, 3)), np.ones((3, 2)))
+
+
+# --- features of keras.layers.MultiHeadAttention that its users expect (cases written after Keras's own tests) ----
+
+
+def test_per_head_mask_masks_each_head_separately():
+    """A (B, h, T, S) mask: head i sees only what mask[:, i] allows; (B, 1, T, S) is the shared mask."""
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4)
+    rng = np.random.default_rng(1)
+    mask = rng.random((2, 2, 5, 7)) > 0.4
+    mask[..., 0] = True  # every row attends somewhere
+    _, scores = layer(query, value, attention_mask=mask, return_attention_scores=True)
+    scores = np.asarray(scores)
+    assert np.all(scores[~mask] == 0.0)
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-6)
+    for head in range(2):  # each head equals the layer run with that head's mask for every head
+        _, alone = layer(query, value, attention_mask=mask[:, head], return_attention_scores=True)
+        np.testing.assert_allclose(scores[:, head], np.asarray(alone)[:, head], atol=1e-6)
+    shared = layer(query, value, attention_mask=mask[:, :1])
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(layer(query, value, attention_mask=mask[:, 0])),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("output_shape, expected", [(None, (2, 5, 16)), (6, (2, 5, 6)), ((6,), (2, 5, 6)),
+                                                    ((3, 4), (2, 5, 3, 4))])
+def test_output_shape_as_in_keras(output_shape, expected):
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4, output_shape=output_shape)
+    output = layer(query, value)
+    assert tuple(output.shape) == expected
+    assert layer.compute_output_shape(query.shape, value.shape) == expected
+    assert tuple(layer.output_kernel.shape) == (2, 4, *expected[2:])
+    clone = MultiHeadAttention.from_config(layer.get_config())
+    clone(query, value)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(query, value)), np.asarray(output), atol=1e-6)
+    if output_shape == (3, 4):  # the same numbers as a flat output of 12, reshaped
+        flat = MultiHeadAttention(2, 4, output_dim=12)
+        flat(query, value)
+        flat.set_weights([w.reshape(f.shape) for w, f in zip(layer.get_weights(), flat.get_weights())])
+        np.testing.assert_allclose(np.asarray(flat(query, value)).reshape(expected), np.asarray(output), atol=1e-6)
+
+
+@pytest.mark.parametrize("output_shape", [0, (), (2, 0), "8", 2.5])
+def test_bad_output_shape(output_shape):
+    with pytest.raises(ValueError, match="`output_shape` must be a positive integer"):
+        MultiHeadAttention(2, 4, output_shape=output_shape)
+
+
+def test_output_dim_and_output_shape_must_agree():
+    with pytest.raises(ValueError, match="`output_dim` and `output_shape` say different things"):
+        MultiHeadAttention(2, 4, output_dim=8, output_shape=(6,))
+
+
+def test_compute_output_shape_validates_like_keras():
+    layer = MultiHeadAttention(2, 2)
+    with pytest.raises(ValueError, match=r"All dimensions of `value` and `key`, except the last one, must be equal"):
+        layer.compute_output_shape((2, 4, 8), (2, 2, 7), (2, 1, 7))
+    keras_layer = keras.layers.MultiHeadAttention(2, 2)
+    with pytest.raises(ValueError, match=r"All dimensions of `value` and `key`, except the last one, must be equal"):
+        keras_layer.compute_output_shape((2, 4, 8), (2, 2, 7), (2, 1, 7))
+    assert layer.compute_output_shape((2, 4, 8), (2, 2, 7)) == keras_layer.compute_output_shape((2, 4, 8), (2, 2, 7))
+
+
+def test_regularizers_and_constraints_reach_the_projections():
+    query, value = inputs()
+    layer = MultiHeadAttention(2, 4, kernel_regularizer="l2", bias_regularizer="l1", kernel_constraint="non_neg",
+                               bias_constraint="non_neg", activity_regularizer="l2")
+    layer(query, value)
+    assert len(layer.losses) == 4 + 4 + 1  # four kernels, four biases, the activity
+    kernels = [layer.query_kernel, layer.key_kernel, layer.value_kernel, layer.output_kernel]
+    biases = [layer.query_bias, layer.key_bias, layer.value_bias, layer.output_bias]
+    assert all(isinstance(w.constraint, keras.constraints.NonNeg) for w in kernels + biases)
+    clone = MultiHeadAttention.from_config(layer.get_config())
+    clone(query, value)
+    assert len(clone.losses) == 9
+    assert isinstance(clone.output_kernel.constraint, keras.constraints.NonNeg)
+    # the constraint is applied by the optimizer after each step
+    optimizer = keras.optimizers.SGD(1.0)
+    optimizer.apply([np.full(w.shape, 10.0, "float32") for w in kernels], kernels)
+    assert all(float(np.min(np.asarray(w))) >= 0.0 for w in kernels)

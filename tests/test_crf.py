@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from lib import crf, data
 from lib.testing import check_keras_layer
@@ -106,7 +107,7 @@ def random_case(seed, batch=3, time=4, k=3, boundary=True, scale=1.5):
 def test_log_partition_equals_enumeration(mask_name, boundary, parallel):
     e, g, start, end, _ = random_case(1, boundary=boundary)
     mask = MASKS[mask_name]
-    ours = crf.log_partition(e, g, mask, start, end, parallel=parallel).numpy()
+    ours = np.asarray(crf.log_partition(e, g, mask, start, end, parallel=parallel))
     expected = [z for z, _, _ in brute_force(e, g, mask, start, end)]
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
@@ -118,20 +119,20 @@ def test_viterbi_equals_brute_force_argmax(mask_name):
     tags, score = crf.viterbi_decode(e, g, mask, start, end, return_score=True)
     for row, (_, path, best) in enumerate(brute_force(e, g, mask, start, end)):
         steps = valid_steps(mask, row, e.shape[1])
-        assert tags.numpy()[row, steps].tolist() == list(path)
-        assert (tags.numpy()[row, np.setdiff1d(np.arange(e.shape[1]), steps)] == -1).all()
-        assert score.numpy()[row] == pytest.approx(best, abs=1e-4)
+        assert np.asarray(tags)[row, steps].tolist() == list(path)
+        assert (np.asarray(tags)[row, np.setdiff1d(np.arange(e.shape[1]), steps)] == -1).all()
+        assert np.asarray(score)[row] == pytest.approx(best, abs=1e-4)
 
 
 @pytest.mark.parametrize("mask_name", MASKS)
 def test_crf_negative_log_likelihood_matches_references(mask_name):
     e, g, start, end, tags = random_case(3)
     mask = MASKS[mask_name]
-    nll = crf.crf_negative_log_likelihood(e, tags, g, mask, start, end).numpy()
+    nll = np.asarray(crf.crf_negative_log_likelihood(e, tags, g, mask, start, end))
     for row, (logz, _, _) in enumerate(brute_force(e, g, mask, start, end)):
         steps = valid_steps(mask, row, e.shape[1])
         path = [tags[row, t] for t in steps]
-        assert crf.path_score(e, tags, g, mask, start, end).numpy()[row] == pytest.approx(
+        assert np.asarray(crf.path_score(e, tags, g, mask, start, end))[row] == pytest.approx(
             reference_score(e, g, path, steps, start, end, row), abs=1e-4)
         assert nll[row] == pytest.approx(logz - reference_score(e, g, path, steps, start, end, row), abs=1e-4)
     assert (nll >= 0).all()
@@ -139,7 +140,7 @@ def test_crf_negative_log_likelihood_matches_references(mask_name):
 
 def test_forward_algorithm_matches_a_loop_by_loop_reference_on_longer_sequences():
     e, g, start, end, tags = random_case(4, batch=4, time=23, k=5)
-    ours = crf.log_partition(e, g, None, start, end).numpy()
+    ours = np.asarray(crf.log_partition(e, g, None, start, end))
     np.testing.assert_allclose(ours, reference_forward(e.astype("float64"), g, start, end), rtol=1e-5)
 
 
@@ -150,10 +151,10 @@ def test_per_step_transitions_equal_enumeration(mask_name):
     g = rng.normal(size=(3, 4, 3, 3)).astype("float32")  # [b, t] scores the step into t
     mask = MASKS[mask_name]
     expected = brute_force(e, g, mask)
-    np.testing.assert_allclose(crf.log_partition(e, g, mask).numpy(), [z for z, _, _ in expected], atol=1e-5)
-    np.testing.assert_allclose(crf.log_partition(e, g, mask, parallel=True).numpy(), [z for z, _, _ in expected],
+    np.testing.assert_allclose(np.asarray(crf.log_partition(e, g, mask)), [z for z, _, _ in expected], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(crf.log_partition(e, g, mask, parallel=True)), [z for z, _, _ in expected],
                                atol=1e-5)
-    decoded = crf.viterbi_decode(e, g, mask).numpy()
+    decoded = np.asarray(crf.viterbi_decode(e, g, mask))
     for row, (_, path, _) in enumerate(expected):
         assert decoded[row, valid_steps(mask, row, 4)].tolist() == list(path)
 
@@ -163,9 +164,9 @@ def test_per_step_transitions_equal_enumeration(mask_name):
 def test_memm_likelihood_equals_the_product_of_local_softmaxes(mask_name, direction):
     e, g, start, end, tags = random_case(6)
     mask = MASKS[mask_name]
-    ours = crf.memm_log_likelihood(e, tags, g, mask, start, end, direction=direction).numpy()
+    ours = np.asarray(crf.memm_log_likelihood(e, tags, g, mask, start, end, direction=direction))
     np.testing.assert_allclose(ours, memm_reference(e, g, tags, mask, start, end, direction), atol=1e-5)
-    nll = crf.memm_negative_log_likelihood(e, tags, g, mask, start, end, direction=direction).numpy()
+    nll = np.asarray(crf.memm_negative_log_likelihood(e, tags, g, mask, start, end, direction=direction))
     np.testing.assert_allclose(nll, -ours, atol=1e-6)
 
 
@@ -174,11 +175,11 @@ def test_memm_is_normalized_over_all_paths(direction):
     e, g, start, end, _ = random_case(7, batch=1, time=4, k=3)
     paths = np.array(list(itertools.product(range(3), repeat=4)), dtype="int32")
     many = np.repeat(e, len(paths), axis=0)
-    probabilities = np.exp(crf.memm_log_likelihood(many, paths, g, None, start, end, direction=direction).numpy())
+    probabilities = np.exp(np.asarray(crf.memm_log_likelihood(many, paths, g, None, start, end, direction=direction)))
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     # ... and, written as chain potentials, the CRF's forward algorithm finds Z = 1 with no data at all
     unary, pairwise = crf.memm_potentials(e, g, None, start, end, direction=direction)
-    assert crf.log_partition(unary, pairwise).numpy()[0] == pytest.approx(0.0, abs=1e-5)
+    assert np.asarray(crf.log_partition(unary, pairwise))[0] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_bi_memm_is_an_unnormalized_geometric_mean():
@@ -187,10 +188,10 @@ def test_bi_memm_is_an_unnormalized_geometric_mean():
     unary, pairwise = crf.memm_potentials(e, g, None, start, end, direction="both")
     paths = np.array(list(itertools.product(range(3), repeat=4)), dtype="int32")
     many = np.repeat(e, len(paths), axis=0)
-    forward = crf.memm_log_likelihood(many, paths, g, None, start, end, "forward").numpy()
-    backward = crf.memm_log_likelihood(many, paths, g, None, start, end, "backward").numpy()
+    forward = np.asarray(crf.memm_log_likelihood(many, paths, g, None, start, end, "forward"))
+    backward = np.asarray(crf.memm_log_likelihood(many, paths, g, None, start, end, "backward"))
     coefficient = np.sqrt(np.exp(forward) * np.exp(backward)).sum()
-    assert crf.log_partition(unary, pairwise).numpy()[0] == pytest.approx(np.log(coefficient), abs=1e-5)
+    assert np.asarray(crf.log_partition(unary, pairwise))[0] == pytest.approx(np.log(coefficient), abs=1e-5)
     assert coefficient < 1.0
 
 
@@ -199,7 +200,7 @@ def test_bi_memm_is_an_unnormalized_geometric_mean():
 def test_memm_exact_decoding_is_the_most_likely_path(mask_name, direction):
     e, g, start, end, _ = random_case(9)
     mask = MASKS[mask_name]
-    decoded = crf.memm_decode(e, g, mask, start, end, direction=direction).numpy()
+    decoded = np.asarray(crf.memm_decode(e, g, mask, start, end, direction=direction))
     for row in range(3):
         steps = valid_steps(mask, row, 4)
         if not steps.size:
@@ -218,11 +219,11 @@ def test_memm_exact_decoding_is_the_most_likely_path(mask_name, direction):
 def test_memm_score_decoding_is_the_crf_viterbi():
     e, g, start, end, _ = random_case(10)
     mask = MASKS["left padding (masked first token)"]
-    np.testing.assert_array_equal(crf.memm_decode(e, g, mask, start, end, decoding="score").numpy(),
-                                  crf.viterbi_decode(e, g, mask, start, end).numpy())
+    np.testing.assert_array_equal(np.asarray(crf.memm_decode(e, g, mask, start, end, decoding="score")),
+                                  np.asarray(crf.viterbi_decode(e, g, mask, start, end)))
 
 
-DYNAMIC = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None, None], tf.bool)]
+DYNAMIC = [tf.TensorSpec([None, None, 3], "float32"), tf.TensorSpec([None, None], "bool")]
 
 
 @pytest.mark.parametrize("mask_name", [name for name in MASKS if name != "none"])
@@ -230,27 +231,27 @@ DYNAMIC = [tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([None, None
 def test_decoding_traces_with_an_unknown_time_axis(mask_name, decoder):
     # (batch, time) unknown while tracing, as in predict on a padded_batch dataset: same tags as eagerly
     e, g, start, end, _ = random_case(15)
-    g4 = tf.constant(np.random.default_rng(15).normal(size=(3, 4, 3, 3)).astype("float32"))
+    g4 = ops.convert_to_tensor(np.random.default_rng(15).normal(size=(3, 4, 3, 3)).astype("float32"))
     decode = {"crf": lambda e_, m_: crf.viterbi_decode(e_, g, m_, start, end, return_score=True),
               "crf per-step": lambda e_, m_: crf.viterbi_decode(e_, g4[:tf.shape(e_)[0], :tf.shape(e_)[1]], m_),
               "memm forward": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end),
               "memm both": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end, direction="both"),
               "memm score": lambda e_, m_: crf.memm_decode(e_, g, m_, start, end, decoding="score")}[decoder]
     mask = MASKS[mask_name]
-    eager = tf.nest.flatten(decode(tf.constant(e), tf.constant(mask)))
+    eager = tf.nest.flatten(decode(ops.convert_to_tensor(e), ops.convert_to_tensor(mask)))
     traced = tf.nest.flatten(tf.function(decode, input_signature=DYNAMIC)(e, mask))
     for a, b in zip(eager, traced):
-        np.testing.assert_array_equal(b.numpy(), a.numpy())
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
     # a shorter batch through the same graph
     short = tf.nest.flatten(tf.function(decode, input_signature=DYNAMIC)(e[:2, :3], mask[:2, :3]))
-    np.testing.assert_array_equal(short[0].numpy(), tf.nest.flatten(decode(e[:2, :3], mask[:2, :3]))[0].numpy())
+    np.testing.assert_array_equal(np.asarray(short[0]), np.asarray(tf.nest.flatten(decode(e[:2, :3], mask[:2, :3]))[0]))
 
 
 def test_memm_decoding_traces_with_an_unknown_time_axis_and_no_mask():
     e, g, start, end, _ = random_case(16)
     decode = tf.function(lambda e_: crf.memm_decode(e_, g, None, start, end, direction="both"),
                          input_signature=DYNAMIC[:1])
-    np.testing.assert_array_equal(decode(e).numpy(), crf.memm_decode(e, g, None, start, end, direction="both"))
+    np.testing.assert_array_equal(np.asarray(decode(e)), crf.memm_decode(e, g, None, start, end, direction="both"))
 
 
 @pytest.mark.parametrize("time", [1, 2, 37, 64])
@@ -262,16 +263,16 @@ def test_parallel_forward_equals_sequential(time, k):
     lengths = rng.integers(0, time + 1, size=5)
     mask = np.arange(time)[None] < lengths[:, None]
     for m in (None, mask, mask[:, ::-1]):
-        np.testing.assert_allclose(crf.log_partition(e, g, m, parallel=True).numpy(),
-                                   crf.log_partition(e, g, m).numpy(), rtol=2e-6, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(crf.log_partition(e, g, m, parallel=True)),
+                                   np.asarray(crf.log_partition(e, g, m)), rtol=2e-6, atol=1e-4)
 
 
 def test_parallel_forward_with_a_dynamic_length_and_its_gradient():
     rng = np.random.default_rng(11)
-    e = tf.constant(rng.normal(size=(2, 19, 3)).astype("float32"))
-    g = tf.constant(rng.normal(size=(3, 3)).astype("float32"))
+    e = ops.convert_to_tensor(rng.normal(size=(2, 19, 3)).astype("float32"))
+    g = ops.convert_to_tensor(rng.normal(size=(3, 3)).astype("float32"))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], "float32")])
     def both(emissions):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(emissions)
@@ -281,17 +282,17 @@ def test_parallel_forward_with_a_dynamic_length_and_its_gradient():
 
     sequential, parallel, grad_sequential, grad_parallel = both(e)
     assert float(parallel) == pytest.approx(float(sequential), rel=1e-5)
-    np.testing.assert_allclose(grad_parallel.numpy(), grad_sequential.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad_parallel), np.asarray(grad_sequential), atol=1e-5)
 
 
 def test_gradient_of_log_partition_is_the_tag_marginals():
     e, g, start, end, _ = random_case(12, batch=1, time=4, k=3, boundary=False)
     mask = np.array([[1, 1, 0, 1]], bool)
-    emissions = tf.constant(e)
+    emissions = ops.convert_to_tensor(e)
     with tf.GradientTape() as tape:
         tape.watch(emissions)
         logz = crf.log_partition(emissions, g, mask)
-    marginals = tape.gradient(logz, emissions).numpy()[0]
+    marginals = np.asarray(tape.gradient(logz, emissions))[0]
     paths = list(itertools.product(range(3), repeat=3))
     weights = np.exp([reference_score(e, g, p, [0, 1, 3]) for p in paths])
     weights /= weights.sum()
@@ -307,10 +308,10 @@ def test_large_scores_give_finite_non_negative_losses():
     for nll in (crf.crf_negative_log_likelihood(e, tags, g, mask, start, end),
                 crf.crf_negative_log_likelihood(e, tags, g, mask, start, end, parallel=True),
                 crf.memm_negative_log_likelihood(e, tags, g, mask, start, end, direction="both")):
-        values = nll.numpy()
+        values = np.asarray(nll)
         assert np.isfinite(values).all() and (values >= 0).all(), values
     best_tags, _ = crf.viterbi_decode(e, g, mask, start, end, return_score=True)
-    assert crf.crf_negative_log_likelihood(e, best_tags.numpy().clip(0), g, mask, start, end).numpy().min() >= 0
+    assert np.asarray(crf.crf_negative_log_likelihood(e, np.asarray(best_tags).clip(0), g, mask, start, end)).min() >= 0
 
 
 def chain_losses(e, g, tags, mask, start=None, end=None):
@@ -333,12 +334,12 @@ def test_non_finite_emissions_at_masked_steps_change_nothing(mask_name, bad):
     poisoned = e.copy()
     poisoned[~mask] = bad
     results = []
-    for emissions in (tf.constant(e), tf.constant(poisoned)):
+    for emissions in (ops.convert_to_tensor(e), ops.convert_to_tensor(poisoned)):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(emissions)
             values = chain_losses(emissions, g, tags, mask, start, end)
-        results.append({name: (value.numpy(), tape.gradient(value, emissions).numpy()) for name, value in values.items()})
-        results[-1]["viterbi"] = tuple(x.numpy() for x in crf.viterbi_decode(emissions, g, mask, start, end,
+        results.append({name: (np.asarray(value), np.asarray(tape.gradient(value, emissions))) for name, value in values.items()})
+        results[-1]["viterbi"] = tuple(np.asarray(x) for x in crf.viterbi_decode(emissions, g, mask, start, end,
                                                                             return_score=True))
     for name, (value, gradient) in results[1].items():
         assert np.isfinite(value).all() and np.isfinite(gradient).all(), name
@@ -357,24 +358,24 @@ def test_a_forbidden_transition_before_padding_gives_finite_losses():
     tags = np.array([[2, 2, 1, 1], [2, 2, 2, 1], [2, 2, 1, 2]], "int32")  # allowed under every mask
     for mask_name, mask in MASKS.items():
         variable = tf.Variable(g)
-        emissions = tf.constant(e)
+        emissions = ops.convert_to_tensor(e)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(emissions)
             values = chain_losses(emissions, variable, tags, mask, start, end)
         for name, value in values.items():
-            assert np.isfinite(value.numpy()).all(), (mask_name, name, value.numpy())
+            assert np.isfinite(np.asarray(value)).all(), (mask_name, name, np.asarray(value))
             if "parallel" in name:  # (its K x K products hold entries whose every term is -inf: log 0, see notes)
                 continue
             for gradient in tape.gradient(value, [emissions, variable]):
-                gradient = tf.convert_to_tensor(gradient).numpy()  # (IndexedSlices from a gather)
+                gradient = np.asarray(tf.convert_to_tensor(gradient))  # (IndexedSlices from a gather)
                 assert np.isfinite(gradient).all(), (mask_name, name, gradient)
         for row, (logz, _, _) in enumerate(brute_force(e, g, mask, start, end)):
             steps = valid_steps(mask, row, 4)
             path = [tags[row, t] for t in steps]
             expected = reference_score(e, g, path, steps, start, end, row)
-            assert values["path_score"].numpy()[row] == pytest.approx(expected, abs=1e-4)
-            assert values["crf nll"].numpy()[row] == pytest.approx(logz - expected, abs=1e-4)
-            assert values["crf nll parallel"].numpy()[row] == pytest.approx(logz - expected, abs=1e-4)
+            assert np.asarray(values["path_score"])[row] == pytest.approx(expected, abs=1e-4)
+            assert np.asarray(values["crf nll"])[row] == pytest.approx(logz - expected, abs=1e-4)
+            assert np.asarray(values["crf nll parallel"])[row] == pytest.approx(logz - expected, abs=1e-4)
 
 
 def test_everything_compiles_with_xla_and_matches_eager():
@@ -388,10 +389,10 @@ def test_everything_compiles_with_xla_and_matches_eager():
             value += tf.reduce_sum(crf.memm_negative_log_likelihood(e_, tags_, variables, mask_, direction="both"))
         return value, tape.gradient(value, variables), crf.viterbi_decode(e_, variables, mask_, start, end)
 
-    eager = losses(tf.constant(e), tf.constant(tags), tf.constant(mask))
-    compiled = tf.function(losses, jit_compile=True)(tf.constant(e), tf.constant(tags), tf.constant(mask))
+    eager = losses(ops.convert_to_tensor(e), ops.convert_to_tensor(tags), ops.convert_to_tensor(mask))
+    compiled = tf.function(losses, jit_compile=True)(ops.convert_to_tensor(e), ops.convert_to_tensor(tags), ops.convert_to_tensor(mask))
     for a, b in zip(eager, compiled):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -405,7 +406,7 @@ def test_bad_inputs_raise_clear_errors():
         crf.memm_log_likelihood(e, np.full((3, 4), -1), g)
     # ... but padding may hold anything: only valid steps are checked
     padded = np.where(MASKS["right padding"], tags, -100)
-    assert np.isfinite(crf.crf_negative_log_likelihood(e, padded, g, MASKS["right padding"]).numpy()).all()
+    assert np.isfinite(np.asarray(crf.crf_negative_log_likelihood(e, padded, g, MASKS["right padding"]))).all()
     with pytest.raises(ValueError, match=r"`mask` must have shape \(batch, time\) = \(3, 4\).*Received: mask.shape=\(3, 5\)"):
         crf.log_partition(e, g, np.ones((3, 5), bool))
     with pytest.raises(ValueError, match=r"`tags` must have shape \(batch, time\) = \(3, 4\).*Received: tags.shape=\(3, 3\)"):
@@ -430,7 +431,7 @@ def test_tags_out_of_range_fail_inside_a_graph_too():
     bad[1, 2] = 7
     nll = tf.function(lambda e_, t_: crf.crf_negative_log_likelihood(e_, t_, g))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"`tags` must lie in \[0, num_tags\)"):
-        nll(tf.constant(e), tf.constant(bad))
+        nll(ops.convert_to_tensor(e), ops.convert_to_tensor(bad))
 
 
 def test_layer_arguments_are_validated():
@@ -484,10 +485,10 @@ def test_tagger_trains_decodes_and_survives_save_load(head, save):
     tagger = make_tagger(head())
     tagger.compile(optimizer=keras.optimizers.Adam(0.05))
     tagger(ids[:1])  # build
-    before = tagger.head.transitions.numpy().copy()
+    before = np.asarray(tagger.head.transitions).copy()
     losses = tagger.fit(ids, tags, batch_size=64, epochs=6, verbose=0).history["loss"]
     assert all(np.isfinite(losses)) and min(losses) >= 0 and losses[-1] < 0.5 * losses[0], losses
-    assert not np.allclose(tagger.head.transitions.numpy(), before)  # the transitions are trained
+    assert not np.allclose(np.asarray(tagger.head.transitions), before)  # the transitions are trained
     predicted = tagger.predict(ids, batch_size=64, verbose=0)
     valid = ids != 0
     assert (predicted[~valid] == -1).all()
@@ -499,7 +500,7 @@ def test_tagger_trains_decodes_and_survives_save_load(head, save):
         tagger.save(path)
         loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(loaded.predict(ids, batch_size=64, verbose=0), predicted)
-    np.testing.assert_array_equal(loaded.head.transitions.numpy(), tagger.head.transitions.numpy())
+    np.testing.assert_array_equal(np.asarray(loaded.head.transitions), np.asarray(tagger.head.transitions))
     assert loaded.head.get_config() == tagger.head.get_config()
 
 
@@ -514,7 +515,7 @@ def test_tagger_predicts_on_a_padded_batch_dataset(head):
     tagger(ids[:1])
     tagger.head.transitions.assign(np.random.default_rng(2).normal(scale=2.0, size=(3, 3)))
     rows = [row[row != 0] for row in ids]
-    dataset = tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=tf.TensorSpec([None], "int32"))
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(rows))).padded_batch(8)
     assert [batch.shape[1] for batch in dataset] == [8, 5, 3]
     predicted = tagger.predict(dataset, verbose=0).to_list()  # (Keras joins batches of unequal length as ragged)
@@ -617,10 +618,108 @@ def test_matches_pytorch_crf_when_installed():
         reference.transitions.copy_(torch.tensor(g))
         reference.start_transitions.copy_(torch.tensor(start))
         reference.end_transitions.copy_(torch.tensor(end))
-        theirs = -reference(torch.tensor(e), torch.tensor(tags, dtype=torch.long), torch.tensor(mask),
-                            reduction="none").numpy()
+        theirs = -np.asarray(reference(torch.tensor(e), torch.tensor(tags, dtype=torch.long), torch.tensor(mask),
+                            reduction="none"))
         their_paths = reference.decode(torch.tensor(e), torch.tensor(mask))
-    np.testing.assert_allclose(crf.crf_negative_log_likelihood(e, tags, g, mask, start, end).numpy(), theirs,
+    np.testing.assert_allclose(np.asarray(crf.crf_negative_log_likelihood(e, tags, g, mask, start, end)), theirs,
                                rtol=1e-5, atol=1e-5)
-    ours = crf.viterbi_decode(e, g, mask, start, end).numpy()
+    ours = np.asarray(crf.viterbi_decode(e, g, mask, start, end))
     assert [row[row >= 0].tolist() for row in ours] == their_paths
+
+
+# --- features peers' users expect: marginals (forward-backward) and a reduction, as in pytorch-crf ------------
+
+
+def brute_force_marginals(e, g, mask=None, start=None, end=None):
+    """P(y_t = j | x) by enumerating every path of every row (float64)."""
+    batch, time, num_tags = e.shape
+    out = np.zeros((batch, time, num_tags))
+    for row in range(batch):
+        steps = valid_steps(mask, row, time)
+        if not len(steps):
+            continue
+        paths = list(itertools.product(range(num_tags), repeat=len(steps)))
+        scores = np.array([reference_score(e, g, path, steps, start, end, row) for path in paths])
+        weights = np.exp(scores - scores.max())
+        weights /= weights.sum()
+        for path, weight in zip(paths, weights):
+            for t, y in zip(steps, path):
+                out[row, t, y] += weight
+    return out
+
+
+@pytest.mark.parametrize("case", ["plain", "masked", "boundaries", "per_step", "left_padded", "one_step"])
+def test_marginals_match_brute_force_and_sum_to_one(case):
+    rng = np.random.default_rng(7)
+    time = 1 if case == "one_step" else 4
+    e = rng.normal(size=(3, time, 3))
+    g = rng.normal(size=(3, time, 3, 3)) if case == "per_step" else rng.normal(size=(3, 3))
+    mask = start = end = None
+    if case in ("masked", "left_padded"):
+        mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], bool)
+        if case == "left_padded":
+            mask = mask[:, ::-1].copy()
+            mask[0, 2] = False  # a hole as well
+        e[~mask] = np.nan  # whatever a masked step holds never reaches the result
+    if case == "boundaries":
+        start, end = rng.normal(size=3), rng.normal(size=3)
+    got = np.asarray(crf.crf_marginals(e.astype("float32"), g.astype("float32"), mask, start, end))
+    expected = brute_force_marginals(np.nan_to_num(e), g, mask, start, end)
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    valid = np.ones(e.shape[:2], bool) if mask is None else mask
+    np.testing.assert_allclose(got.sum(-1)[valid], 1.0, atol=1e-6)
+    assert np.all(got[~valid] == 0.0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the gradient is taken with a TensorFlow tape")
+def test_marginals_are_the_gradient_of_log_partition():
+    rng = np.random.default_rng(3)
+    e = tf.Variable(rng.normal(size=(2, 5, 4)).astype("float32"))
+    g = rng.normal(size=(4, 4)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [0, 1, 1, 1, 0]], bool)
+    with tf.GradientTape() as tape:
+        logz = tf.reduce_sum(crf.log_partition(e, g, mask))
+    np.testing.assert_allclose(np.asarray(tape.gradient(logz, e)), np.asarray(crf.crf_marginals(e, g, mask)), atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function with an unknown time axis")
+def test_marginals_trace_with_unknown_length():
+    spec = [tf.TensorSpec([None, None, 3]), tf.TensorSpec([None, None], "bool")]
+    marginals = tf.function(lambda e, m: crf.crf_marginals(e, np.zeros((3, 3), "float32"), m), input_signature=spec)
+    out = np.asarray(marginals(np.zeros((2, 4, 3), "float32"), np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)))
+    np.testing.assert_allclose(out.sum(-1), [[1, 1, 0, 0], [1, 1, 1, 1]], atol=1e-6)
+
+
+def test_crf_head_marginals_and_reduction_follow_the_functions():
+    rng = np.random.default_rng(5)
+    e = rng.normal(size=(3, 4, 3)).astype("float32")
+    tags = rng.integers(0, 3, size=(3, 4))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    head = crf.CRF(3, reduction="token_mean", transitions_initializer="random_normal")
+    head(e)
+    per_row = np.asarray(head.negative_log_likelihood(tags, e, mask, reduction="none"))
+    np.testing.assert_allclose(float(head.negative_log_likelihood(tags, e, mask)), per_row.sum() / mask.sum(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(head.marginals(e, mask)),
+                               np.asarray(crf.crf_marginals(e, head.transitions, mask)), atol=1e-7)
+    assert crf.CRF.from_config(head.get_config()).reduction == "token_mean"
+
+
+@pytest.mark.parametrize("function", ["crf", "memm"])
+def test_reductions_as_in_pytorch_crf(function):
+    """pytorch-crf's reductions: 'none' per row, 'sum', 'mean' over rows, 'token_mean' over valid tokens."""
+    rng = np.random.default_rng(11)
+    e = rng.normal(size=(4, 5, 3)).astype("float32")
+    tags = rng.integers(0, 3, size=(4, 5))
+    g = rng.normal(size=(3, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], bool)
+    nll = crf.crf_negative_log_likelihood if function == "crf" else crf.memm_negative_log_likelihood
+    per_row = np.asarray(nll(e, tags, g, mask))
+    assert per_row.shape == (4,)
+    np.testing.assert_allclose(float(nll(e, tags, g, mask, reduction="sum")), per_row.sum(), rtol=1e-6)
+    np.testing.assert_allclose(float(nll(e, tags, g, mask, reduction="mean")), per_row.mean(), rtol=1e-6)
+    np.testing.assert_allclose(float(nll(e, tags, g, mask, reduction="token_mean")), per_row.sum() / 13, rtol=1e-6)
+    np.testing.assert_allclose(float(nll(e, tags, g, reduction="token_mean")),
+                               np.asarray(nll(e, tags, g)).sum() / 20, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"`reduction` must be one of .*Received: reduction='batch'"):
+        nll(e, tags, g, mask, reduction="batch")

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from lib import losses
 from lib.losses import (MultilabelCategoricalCrossentropy, MultilabelF1Score, WeightedBinaryCrossentropy,
@@ -51,16 +52,16 @@ def test_matches_brute_force_pairwise_form_in_float64(seed):
     global RNG
     RNG = np.random.default_rng(seed)
     y, s = random_problem()
-    ours = multilabel_categorical_crossentropy(y, tf.constant(s, tf.float64)).numpy()
+    ours = np.asarray(multilabel_categorical_crossentropy(y, ops.convert_to_tensor(s, "float64")))
     np.testing.assert_allclose(ours, brute_force_loss(y, s), rtol=1e-12)
 
 
 def test_float32_agrees_with_float64_and_keeps_extra_axes():
     y, s = random_problem(batch=12, labels=7)
     y, s = y.reshape(3, 4, 7), s.reshape(3, 4, 7)
-    ours = multilabel_categorical_crossentropy(y, tf.constant(s, tf.float32))
-    assert ours.shape == (3, 4) and ours.dtype == tf.float32
-    np.testing.assert_allclose(ours.numpy(), brute_force_loss(y, s), rtol=2e-6)
+    ours = multilabel_categorical_crossentropy(y, ops.convert_to_tensor(s, "float32"))
+    assert ours.shape == (3, 4) and ours.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(ours), brute_force_loss(y, s), rtol=2e-6)
 
 
 def test_one_positive_without_threshold_terms_is_softmax_cross_entropy():
@@ -68,23 +69,23 @@ def test_one_positive_without_threshold_terms_is_softmax_cross_entropy():
     s = RNG.normal(size=(5, 6))
     t = RNG.integers(0, 6, size=5)
     y = np.eye(6, dtype=int)[t]
-    ours = multilabel_categorical_crossentropy(y, tf.constant(s, tf.float64)).numpy()
+    ours = np.asarray(multilabel_categorical_crossentropy(y, ops.convert_to_tensor(s, "float64")))
     s_t = s[np.arange(5), t]
     threshold_terms = np.exp(-s_t) + (np.exp(s).sum(axis=1) - np.exp(s_t))
-    softmax_ce = keras.losses.categorical_crossentropy(y.astype("float64"), s, from_logits=True).numpy()
+    softmax_ce = np.asarray(keras.losses.categorical_crossentropy(y.astype("float64"), s, from_logits=True))
     np.testing.assert_allclose(np.log(np.exp(ours) - threshold_terms), softmax_ce, rtol=1e-10)
 
 
 def test_padding_labels_are_left_out():
     y, s = random_problem(padding=False)
     y[:, -2:] = -1  # the last two labels are padding
-    full = multilabel_categorical_crossentropy(y, tf.constant(s, tf.float64)).numpy()
-    cut = multilabel_categorical_crossentropy(y[:, :-2], tf.constant(s[:, :-2], tf.float64)).numpy()
+    full = np.asarray(multilabel_categorical_crossentropy(y, ops.convert_to_tensor(s, "float64")))
+    cut = np.asarray(multilabel_categorical_crossentropy(y[:, :-2], ops.convert_to_tensor(s[:, :-2], "float64")))
     np.testing.assert_allclose(full, cut, rtol=1e-14)
     # the same through the `mask` argument, and a row that is all padding costs nothing
     mask = np.ones_like(y, dtype=bool)
     mask[:, -2:] = False
-    via_mask = multilabel_categorical_crossentropy(np.clip(y, 0, 1), tf.constant(s, tf.float64), mask=mask).numpy()
+    via_mask = np.asarray(multilabel_categorical_crossentropy(np.clip(y, 0, 1), ops.convert_to_tensor(s, "float64"), mask=mask))
     np.testing.assert_allclose(via_mask, cut, rtol=1e-14)
     assert float(multilabel_categorical_crossentropy(-np.ones((1, 4)), np.ones((1, 4)))[0]) == 0.0
 
@@ -101,24 +102,24 @@ def test_mask_value_is_configurable_and_can_be_disabled():
 def test_from_probabilities_equals_from_logits():
     y, s = random_problem()
     p = 1.0 / (1.0 + np.exp(-s))
-    from_p = multilabel_categorical_crossentropy(y, tf.constant(p, tf.float64), from_logits=False).numpy()
+    from_p = np.asarray(multilabel_categorical_crossentropy(y, ops.convert_to_tensor(p, "float64"), from_logits=False))
     np.testing.assert_allclose(from_p, brute_force_loss(y, s), rtol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_extreme_scores_give_finite_values_and_bounded_gradients(dtype):
     y = RNG.integers(0, 2, size=(64, 9))
-    s = tf.constant(RNG.choice([-1e4, 1e4], size=(64, 9)) * RNG.uniform(0.5, 1.0, size=(64, 9)), dtype)
+    s = ops.convert_to_tensor(RNG.choice([-1e4, 1e4], size=(64, 9)) * RNG.uniform(0.5, 1.0, size=(64, 9)), dtype)
     with tf.GradientTape() as tape:
         tape.watch(s)
         value = multilabel_categorical_crossentropy(y, s)
-    gradient = tape.gradient(value, s).numpy().astype(np.float64)
-    assert value.dtype == tf.float32
-    assert np.all(np.isfinite(value.numpy())) and np.all(np.isfinite(gradient))
+    gradient = np.asarray(tape.gradient(value, s)).astype(np.float64)
+    assert value.dtype == "float32"
+    assert np.all(np.isfinite(np.asarray(value))) and np.all(np.isfinite(gradient))
     # at these scales log(1 + Σ e^{s}) is max(0, max s) to float32 precision: the hinge of the article
-    s64 = s.numpy().astype(np.float64)
+    s64 = np.asarray(s).astype(np.float64)
     hinge = (np.where(y == 0, s64, 0).max(axis=1, initial=0) + np.where(y == 1, -s64, 0).max(axis=1, initial=0))
-    np.testing.assert_allclose(value.numpy(), hinge, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(value), hinge, rtol=1e-6)
     # each component of the gradient is a softmax weight: in [-1, 1], and zero for padding
     assert np.abs(gradient).max() <= 1.0
     assert np.all(gradient[y == 1] <= 0) and np.all(gradient[y == 0] >= 0)
@@ -130,30 +131,30 @@ def test_gradient_mass_on_negatives_is_below_one_for_any_number_of_labels():
     for n in (10, 100, 1000):
         y = np.zeros((1, n))
         y[0, :2] = 1
-        s = tf.zeros((1, n), tf.float64)
+        s = tf.zeros((1, n), "float64")
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(s)
             ours = multilabel_categorical_crossentropy(y, s)
             bce = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(y, s))
-        negatives = tape.gradient(ours, s).numpy()[0, 2:].sum()
+        negatives = np.asarray(tape.gradient(ours, s))[0, 2:].sum()
         assert negatives == pytest.approx((n - 2) / (n - 1), rel=1e-12)
-        assert tape.gradient(bce, s).numpy()[0, 2:].sum() == pytest.approx(0.5 * (n - 2), rel=1e-12)
+        assert np.asarray(tape.gradient(bce, s))[0, 2:].sum() == pytest.approx(0.5 * (n - 2), rel=1e-12)
 
 
 def test_xla_matches_eager():
     y, s = random_problem(batch=16, labels=11)
-    s = tf.constant(s, tf.float32)
+    s = ops.convert_to_tensor(s, "float32")
 
     def value_and_gradient(v):
         with tf.GradientTape() as tape:
             tape.watch(v)
-            out = tf.reduce_sum(multilabel_categorical_crossentropy(tf.constant(y), v))
+            out = tf.reduce_sum(multilabel_categorical_crossentropy(ops.convert_to_tensor(y), v))
         return out, tape.gradient(out, v)
 
     eager = value_and_gradient(s)
     compiled = tf.function(value_and_gradient, jit_compile=True)(s)
-    np.testing.assert_allclose(compiled[0].numpy(), eager[0].numpy(), rtol=1e-5)
-    np.testing.assert_allclose(compiled[1].numpy(), eager[1].numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(compiled[0]), np.asarray(eager[0]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(compiled[1]), np.asarray(eager[1]), rtol=1e-5, atol=1e-7)
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -174,8 +175,8 @@ def test_bad_label_values_are_rejected_eagerly_and_in_graphs():
         multilabel_categorical_crossentropy(np.array([[0.5, 2.0, 1.0]]), np.zeros((1, 3)))
     graph_loss = tf.function(lambda a, b: multilabel_categorical_crossentropy(a, b))
     with pytest.raises(tf.errors.InvalidArgumentError, match="`y_true` must hold only 0, 1 or mask_value=-1"):
-        graph_loss(tf.constant([[2.0, 0.0]]), tf.zeros((1, 2)))
-    assert np.isfinite(graph_loss(tf.constant([[1.0, 0.0]]), tf.zeros((1, 2))).numpy()).all()
+        graph_loss(ops.convert_to_tensor([[2.0, 0.0]]), tf.zeros((1, 2)))
+    assert np.isfinite(np.asarray(graph_loss(ops.convert_to_tensor([[1.0, 0.0]]), tf.zeros((1, 2))))).all()
 
 
 @pytest.mark.parametrize("bad", [0, 1, 1.0, float("nan"), "pad", True])
@@ -218,11 +219,11 @@ def test_other_bad_arguments():
 
 def test_weighted_bce_with_unit_weight_is_keras_bce_and_weights_positives():
     y, s = random_problem(padding=False)
-    ours = losses.weighted_binary_crossentropy(y, tf.constant(s, tf.float64)).numpy()
-    keras_bce = keras.losses.binary_crossentropy(y.astype("float64"), s, from_logits=True).numpy()
+    ours = np.asarray(losses.weighted_binary_crossentropy(y, ops.convert_to_tensor(s, "float64")))
+    keras_bce = np.asarray(keras.losses.binary_crossentropy(y.astype("float64"), s, from_logits=True))
     np.testing.assert_allclose(ours, keras_bce, rtol=1e-6)
     w = RNG.uniform(0.5, 4.0, size=s.shape[1])
-    weighted = losses.weighted_binary_crossentropy(y, tf.constant(s, tf.float64), pos_weight=list(w)).numpy()
+    weighted = np.asarray(losses.weighted_binary_crossentropy(y, ops.convert_to_tensor(s, "float64"), pos_weight=list(w)))
     log_sigmoid = -np.logaddexp(0, -s)
     reference = -(w * y * log_sigmoid + (1 - y) * (log_sigmoid - s)).mean(axis=1)
     np.testing.assert_allclose(weighted, reference, rtol=1e-12)
@@ -231,8 +232,8 @@ def test_weighted_bce_with_unit_weight_is_keras_bce_and_weights_positives():
 def test_weighted_bce_skips_padding():
     y, s = random_problem(padding=False)
     y[:, 0] = -1
-    full = losses.weighted_binary_crossentropy(y, tf.constant(s, tf.float64), pos_weight=2.0).numpy()
-    cut = losses.weighted_binary_crossentropy(y[:, 1:], tf.constant(s[:, 1:], tf.float64), pos_weight=2.0).numpy()
+    full = np.asarray(losses.weighted_binary_crossentropy(y, ops.convert_to_tensor(s, "float64"), pos_weight=2.0))
+    cut = np.asarray(losses.weighted_binary_crossentropy(y[:, 1:], ops.convert_to_tensor(s[:, 1:], "float64"), pos_weight=2.0))
     np.testing.assert_allclose(full, cut, rtol=1e-14)
 
 
@@ -252,14 +253,14 @@ def test_f1_metric_agrees_with_keras_f1_on_probabilities_and_with_numpy(average)
     ours.update_state(y[20:], s[20:])  # state accumulates over batches
     theirs = keras.metrics.F1Score(average=average, threshold=0.5)
     theirs.update_state(y.astype("float32"), 1.0 / (1.0 + np.exp(-s)))
-    np.testing.assert_allclose(ours.result().numpy(), theirs.result().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.result()), np.asarray(theirs.result()), rtol=1e-5)
     reference = losses.f1_scores(y, (s > 0).astype(int))
     if average in ("micro", "macro"):
         assert float(ours.result()) == pytest.approx(reference[average], rel=1e-6)
     if average is None:
-        np.testing.assert_allclose(ours.result().numpy(), reference["per_label"], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(ours.result()), reference["per_label"], rtol=1e-6)
     ours.reset_state()
-    assert float(np.sum(ours.result().numpy())) == 0.0
+    assert float(np.sum(np.asarray(ours.result()))) == 0.0
 
 
 def test_f1_metric_masks_and_weights():
@@ -268,7 +269,7 @@ def test_f1_metric_masks_and_weights():
     metric = MultilabelF1Score(average=None)
     metric.update_state(y, s, sample_weight=np.array([1.0, 2.0, 0.0]))
     # label 0: tp 1 (w 1), fn 1 (w 2) -> 2/(2+2); label 1: fp 1 (w 1), tp 1 (w 2) -> 4/5; label 2: nothing weighted
-    np.testing.assert_allclose(metric.result().numpy(), [0.5, 0.8, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metric.result()), [0.5, 0.8, 0.0], rtol=1e-6)
     assert losses.f1_scores(y, np.array([[1, 1, 1], [0, 1, 0], [1, 1, 1]]))["support"].tolist() == [2, 1, 1]
 
 
@@ -364,10 +365,10 @@ def test_mixed_float16_training_with_float16_logits():
         history = model.fit(x, y, batch_size=32, epochs=3, verbose=0).history
         assert np.all(np.isfinite(history["loss"])) and history["loss"][-1] < history["loss"][0]
         # huge float16 logits: still finite, value and gradient
-        s = tf.constant(np.where(y[:8] > 0, -6e4, 6e4), tf.float16)
+        s = ops.convert_to_tensor(np.where(y[:8] > 0, -6e4, 6e4), "float16")
         with tf.GradientTape() as tape:
             tape.watch(s)
             value = tf.reduce_mean(MultilabelCategoricalCrossentropy()(y[:8], s))
-        assert np.isfinite(value.numpy()) and np.all(np.isfinite(tape.gradient(value, s).numpy()))
+        assert np.isfinite(np.asarray(value)) and np.all(np.isfinite(np.asarray(tape.gradient(value, s))))
     finally:
         keras.config.set_dtype_policy(previous)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 from scipy.optimize import minimize
 
 from lib import optimizers
@@ -65,7 +66,7 @@ def run_lib(theta, gradients, dtype="float64", **kwargs):
     optimizer = AdaFactor(min_dim_size_to_factor=1, **kwargs)
     for g in gradients:
         optimizer.apply([np.asarray(g, dtype=dtype)], [variable])
-    return variable.numpy(), optimizer, variable
+    return np.asarray(variable), optimizer, variable
 
 
 SETTINGS = {
@@ -92,12 +93,12 @@ def test_matches_numpy_reference_step_by_step(setting, shape):
     roles = optimizer.state_of(variable)
     if len(shape) == 2 and kwargs.get("factored", True):
         # lib stores row and column means, the article sums: R_i = m r_i and C_j = n s_j.
-        np.testing.assert_allclose(roles["row"].numpy() * shape[1], state["rows"], rtol=1e-12)
-        np.testing.assert_allclose(roles["col"].numpy() * shape[0], state["cols"], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(roles["row"]) * shape[1], state["rows"], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(roles["col"]) * shape[0], state["cols"], rtol=1e-12)
     else:
-        np.testing.assert_allclose(roles["velocity"].numpy(), state["velocity"], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(roles["velocity"]), state["velocity"], rtol=1e-12)
     if kwargs.get("beta_1"):
-        np.testing.assert_allclose(roles["momentum"].numpy(), state["momentum"], rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(roles["momentum"]), state["momentum"], rtol=1e-12)
 
 
 def test_reference_detects_a_wrong_formula():
@@ -205,9 +206,9 @@ def test_tracks_keras_adafactor_with_matching_settings(shapes):
         lib_optimizer.apply(grads, ours)
         keras_optimizer.apply(grads, theirs)
     for a, b, x in zip(ours, theirs, initial):
-        assert not np.allclose(a.numpy(), x)
+        assert not np.allclose(np.asarray(a), x)
         # the same equations in a different order of float32 operations: a few ulps
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_keras_relative_step_flag_has_no_effect_but_ours_does():
@@ -215,7 +216,7 @@ def test_keras_relative_step_flag_has_no_effect_but_ours_does():
         variable = keras.Variable(np.full((4, 3), 0.5, "float32"))
         for _ in range(3):
             optimizer.apply([np.ones((4, 3), "float32")], [variable])
-        return variable.numpy()
+        return np.asarray(variable)
 
     np.testing.assert_array_equal(final(keras.optimizers.Adafactor(0.8, relative_step=True)),
                                   final(keras.optimizers.Adafactor(0.8, relative_step=False)))
@@ -235,7 +236,7 @@ def test_zero_row_and_zero_column_give_no_nan():
     np.testing.assert_array_equal(ours.ravel()[1:], 1.0)
     variable = keras.Variable(np.ones((3, 4), "float32"))
     keras.optimizers.Adafactor(1e-2).apply([g], [variable])
-    assert np.all(np.isnan(variable.numpy()))  # documents the peer's behaviour; see the chapter
+    assert np.all(np.isnan(np.asarray(variable)))  # documents the peer's behaviour; see the chapter
 
 
 @pytest.mark.parametrize("zero_row", [False, True])
@@ -264,7 +265,7 @@ def test_no_finite_gradient_gives_a_nan(big, setting):
         ours, optimizer, variable = run_lib(np.ones((3, 4)), [g.astype("float32")] * 3, dtype="float32",
                                             **SETTINGS[setting])
         assert np.isfinite(ours).all(), (big, setting, ours)
-        assert all(np.isfinite(v.numpy()).all() for v in optimizer.state_of(variable).values())
+        assert all(np.isfinite(np.asarray(v)).all() for v in optimizer.state_of(variable).values())
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
@@ -279,15 +280,15 @@ def test_a_non_finite_gradient_skips_that_variable(bad, graph):
     step = lambda gradients: optimizer.apply(gradients, [matrix, vector])  # noqa: E731
     apply = tf.function(step) if graph else step
     apply([rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")])
-    before = matrix.numpy(), {k: v.numpy() for k, v in optimizer.state_of(matrix).items()}, vector.numpy()
+    before = np.asarray(matrix), {k: np.asarray(v) for k, v in optimizer.state_of(matrix).items()}, np.asarray(vector)
     poisoned = rng.normal(size=(3, 4)).astype("float32")
     poisoned[1, 2] = bad
     apply([poisoned, rng.normal(size=(4,)).astype("float32")])
-    np.testing.assert_array_equal(matrix.numpy(), before[0])
+    np.testing.assert_array_equal(np.asarray(matrix), before[0])
     for role, value in optimizer.state_of(matrix).items():
-        np.testing.assert_array_equal(value.numpy(), before[1][role], err_msg=role)
-    assert not np.array_equal(vector.numpy(), before[2])  # the finite gradient was applied
-    assert int(optimizer.iterations.numpy()) == 2
+        np.testing.assert_array_equal(np.asarray(value), before[1][role], err_msg=role)
+    assert not np.array_equal(np.asarray(vector), before[2])  # the finite gradient was applied
+    assert int(np.asarray(optimizer.iterations)) == 2
 
 
 # --- Keras integration: sparse gradients, XLA, config, save/load -------------------------------------------
@@ -311,7 +312,7 @@ def lm_data(n=64, vocabulary=160):
 
 def test_embedding_sparse_gradient_equals_dense():
     table = np.random.default_rng(0).normal(size=(200, 130)).astype("float32")
-    ids = tf.constant([3, 3, 17])
+    ids = ops.convert_to_tensor([3, 3, 17])
     weights = [keras.Variable(table), keras.Variable(table)]
     optimizers_ = [AdaFactor(1e-2), AdaFactor(1e-2)]
     for variable, optimizer, sparse in zip(weights, optimizers_, (True, False)):
@@ -320,8 +321,8 @@ def test_embedding_sparse_gradient_equals_dense():
         gradient = tape.gradient(loss, variable.value)
         assert isinstance(gradient, tf.IndexedSlices)
         optimizer.apply([gradient if sparse else tf.convert_to_tensor(gradient)], [variable])
-    np.testing.assert_array_equal(weights[0].numpy(), weights[1].numpy())
-    assert not np.allclose(weights[0].numpy(), table)
+    np.testing.assert_array_equal(np.asarray(weights[0]), np.asarray(weights[1]))
+    assert not np.allclose(np.asarray(weights[0]), table)
 
 
 def test_fit_with_xla_matches_fit_without():
@@ -364,9 +365,9 @@ def test_save_and_load_a_compiled_model_resumes_identically():
         loaded = keras.models.load_model(path)
     assert isinstance(loaded.optimizer, AdaFactor)
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
-    assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 4
+    assert int(np.asarray(loaded.optimizer.iterations)) == int(np.asarray(model.optimizer.iterations)) == 4
     for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
@@ -378,8 +379,8 @@ def test_float16_variables_keep_float32_statistics():
     optimizer = AdaFactor(1e-2, min_dim_size_to_factor=1)
     optimizer.apply([np.full((4, 3), 300.0, "float16")], [variable])  # 300² overflows float16
     assert {v.dtype for v in optimizer.state_of(variable).values()} == {"float32"}
-    assert variable.dtype == "float16" and np.all(np.isfinite(variable.numpy()))
-    np.testing.assert_allclose(variable.numpy().astype("float32"), 0.5 - 1e-2 * 0.5, rtol=1e-3)
+    assert variable.dtype == "float16" and np.all(np.isfinite(np.asarray(variable)))
+    np.testing.assert_allclose(np.asarray(variable).astype("float32"), 0.5 - 1e-2 * 0.5, rtol=1e-3)
 
 
 # --- bad hyper-parameters -----------------------------------------------------------------------------------
@@ -491,8 +492,18 @@ def test_keras_adafactor_squares_each_repeated_embedding_row_separately():
     for sparse in (True, False):
         variable = keras.Variable(table)
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.gather(variable.value, tf.constant([3, 3, 17])) ** 2)
+            loss = tf.reduce_sum(tf.gather(variable.value, ops.convert_to_tensor([3, 3, 17])) ** 2)
         gradient = tape.gradient(loss, variable.value)
         keras.optimizers.Adafactor(1e-2).apply([gradient if sparse else tf.convert_to_tensor(gradient)], [variable])
-        results.append(variable.numpy())
+        results.append(np.asarray(variable))
     assert not np.allclose(results[0], results[1], rtol=1e-4)
+
+
+def test_default_names_are_numbered_as_keras_numbers_its_optimizers():
+    first, second = AdaFactor(), AdaFactor()
+    assert first.name.startswith("adafactor") and second.name.startswith("adafactor")
+    assert first.name != second.name
+    keras_first, keras_second = keras.optimizers.Adam(), keras.optimizers.Adam()
+    assert keras_first.name != keras_second.name  # what Keras does for its own
+    assert AdaFactor(name="mine").name == "mine"
+    assert AdaFactor.from_config(first.get_config()).name == first.name
