@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import pytest
 
-from lib import activations, adversarial, albert, attention, checks, crf, data, losses, optimizers, seq2seq, \
-    statistics, transformer
+from lib import activations, adversarial, albert, attention, checks, crf, data, losses, minimax, optimizers, \
+    seq2seq, statistics, transformer
 
 BACKEND = keras.backend.backend()
 needs_tf = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow-only: tf.function and tf.data")
@@ -95,10 +95,16 @@ CASES = [
     ("gelu/x_none", lambda: activations.gelu(None), "x"),
     ("GELU/approximate_unknown", lambda: activations.GELU("erf2"), "approximate"),
     ("normal_cdf/approximate", lambda: activations.normal_cdf(np.ones(2), approximate="fast"), "approximate"),
-    ("fit_tanh_cubic/x_max_negative", lambda: activations.fit_tanh_cubic(x_max=-1.0), "x_max"),
-    ("fit_tanh_cubic/step_zero", lambda: activations.fit_tanh_cubic(step=0.0), "step"),
+    ("fit_tanh_cubic/dps_small", lambda: activations.fit_tanh_cubic(dps=5), "dps"),
+    ("fit_tanh_cubic/a_string", lambda: activations.fit_tanh_cubic(a="0.8"), "a"),
     ("max_abs_error/step_nan", lambda: activations.max_abs_error(np.tanh, step=float("nan")), "step"),
-    ("fit_sigmoid_scale/x_max_string", lambda: activations.fit_sigmoid_scale(x_max="10"), "x_max"),
+    ("fit_sigmoid_scale/dps_string", lambda: activations.fit_sigmoid_scale(dps="40"), "dps"),
+
+    # --- lib.minimax --------------------------------------------------------------------------------------
+    ("remez/initial_empty", lambda: minimax.remez(lambda x, c: x - c, ()), "initial"),
+    ("remez/x_max_nan", lambda: minimax.remez(lambda x, c: x - c, (0.1,), x_max=float("nan")), "x_min"),
+    ("remez/tolerance_one", lambda: minimax.remez(lambda x, c: x - c, (0.1,), tolerance=1.0), "tolerance"),
+    ("max_abs_error_mp/step_negative", lambda: minimax.max_abs_error_mp(lambda x: x, step=-0.1), "step"),
 
     # --- lib.attention ------------------------------------------------------------------------------------
     ("MHA/num_heads_zero", lambda: attention.MultiHeadAttention(0, 4), "num_heads"),
