@@ -96,6 +96,18 @@ class TestChapterNotebook:
                 assert "verbose=0" in call, call
 
 
+CODE_LINE_LIMIT = 88
+"""The longest code line that fits the page's 688 px column in the theme's code font, without a scroll bar."""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_cells_fit_the_column(path):
+    too_long = [f"cell {index}, {len(line)} characters: {line.strip()[:60]}"
+                for index, cell in enumerate(load(path)["cells"]) if cell["cell_type"] == "code"
+                for line in source(cell).splitlines() if len(line) > CODE_LINE_LIMIT]
+    assert not too_long, f"{len(too_long)} code lines wider than {CODE_LINE_LIMIT} characters:\n" + "\n".join(too_long)
+
+
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
     """Build the whole book once, as `make book` does: warnings are errors."""
@@ -271,3 +283,51 @@ def test_mathjax_is_bundled_and_no_page_loads_a_script_from_the_network(built_bo
     # MyST's MathJax configuration (which elements to typeset) is kept, and math is on the page.
     assert 'window.MathJax = {"options": {"processHtmlClass": "tex2jax_process|mathjax_process|math|output_area"}}' in gelu
     assert '<div class="math notranslate nohighlight">' in gelu
+
+
+RAW_REPRS = ("<matplotlib", "dtype=", "dtype:", "Eq(", "np.float64(", "Name: ", "<IPython.core.display",
+             "<pandas.io.formats.style.Styler")
+"""What a Python object's repr leaves on a page where a figure, a typeset formula or a table belongs."""
+
+
+class _OutputText(html.parser.HTMLParser):
+    """The text of a page's cell outputs (``cell_output`` blocks), without the Python listings of ``show_source``.
+
+    A listing is code the reader is meant to read (it may well say ``dtype=``); everything else in an output
+    is a result, and a result is never a repr.
+    """
+
+    VOID = _TableAncestors.VOID
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.outputs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        classes = set((dict(attrs).get("class") or "").split())
+        inside = any("cell_output" in entry for entry in self.stack)
+        if "cell_output" in classes and not inside:
+            self.outputs.append("")
+        self.stack.append(classes)
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        inside = any("cell_output" in entry for entry in self.stack)
+        listing = any("highlight-python" in entry or "highlight-ipython3" in entry for entry in self.stack)
+        if inside and not listing:
+            self.outputs[-1] += data
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_raw_python_reprs_on_any_page(built_book, path):
+    parser = _OutputText()
+    parser.feed((built_book / path.relative_to(ROOT).with_suffix(".html")).read_text())
+    assert parser.outputs, "no cell outputs found: has myst-nb's HTML changed?"
+    found = [f"{marker!r} in: {' '.join(text[max(0, text.index(marker) - 60):text.index(marker) + 60].split())}"
+             for text in parser.outputs for marker in RAW_REPRS if marker in text]
+    assert not found, f"raw Python reprs on {path.stem}.html:\n" + "\n".join(found)
