@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL = 3
 PYTEST_ARGS = --nbval --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 \
               --doctest-modules --durations=10
 
-.PHONY: install book student test test-jax lab notebooks results bench clean
+.PHONY: install book student test test-jax lab notebooks format results bench clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,11 @@ notebooks: install
 	  (cd $$(dirname $$nb) && $(CURDIR)/$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	     --ExecutePreprocessor.timeout=600 $$(basename $$nb)) || exit 1; \
 	done
+
+## make format: format every chapter's code cells to 88 characters, the width of the page's column
+## (tests/test_book.py checks the width; comments and long strings are wrapped by hand)
+format: install
+	$(BIN)/ruff format --line-length 88 book/*/*.ipynb
 
 ## make results: run the reference scale of every chapter that has one, one after the other, resuming
 ## interrupted runs (tens of minutes each on 2 cores); `make results CHAPTER=crf-memm` runs one chapter
