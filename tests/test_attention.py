@@ -59,6 +59,9 @@ def reference(layer, query, value, key=None, mask=None):
 @pytest.mark.parametrize("cross, separate_key, value_size", [(False, False, None), (True, False, None),
                                                              (True, True, 6)])
 def test_matches_keras_output_and_scores(cross, separate_key, value_size):
+    if value_size is not None and keras.backend.backend() == "jax":
+        pytest.skip("the peer fails here: keras.layers.MultiHeadAttention under JAX calls jax.nn.dot_product_attention, "
+                    "which needs value_dim == key_dim")
     query, value = inputs()
     if not cross:
         value = query
