@@ -181,7 +181,7 @@ def mask_tokens(token_ids, *, vocabulary_size, mask_id, special_ids, rate=0.15, 
     token_ids = checks.check_array("token_ids", token_ids, kind="iu")
     if token_ids.ndim != 2:
         raise ValueError(f"`token_ids` must be a 2-D integer array. Received: token_ids.shape={token_ids.shape}")
-    rate = checks.check_number("rate", rate, 0.0, 1.0, low_open=True, high_open=True)
+    rate = checks.check_number("rate", rate, 0.0, 1.0, low_open=True, high_open=True, message="in (0, 1)")
     vocabulary_size = check_positive_int("vocabulary_size", vocabulary_size)
     checks.validate_ids(token_ids, vocabulary_size, name="token_ids")
     checks.check_int("mask_id", mask_id, 0, vocabulary_size - 1)

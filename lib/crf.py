@@ -1217,8 +1217,14 @@ class SequenceTagger(keras.Model):
                 loss = loss / replicas
         return loss
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def predict_step(self, *args):
+        if len(args) == 2:  # the JAX trainer's form: (state, data) -> (outputs, non-trainable variables)
+            (trainable, non_trainable, *_), data = args
+            mapping = list(zip(self.trainable_variables, trainable)) + list(
+                zip(self.non_trainable_variables, non_trainable))
+            with keras.StatelessScope(state_mapping=mapping):
+                return self.predict_step(data), non_trainable
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[0])
         emissions = self(x, training=False)
         return self.head.decode(emissions, _keras_mask(emissions))
 

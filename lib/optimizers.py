@@ -494,9 +494,9 @@ class AdaFactor(keras.optimizers.Optimizer):
         gradient = ops.where(finite, gradient, 0.0)
 
         def assign(state, value):
-            self.assign(state, ops.where(finite, value, state))
+            self.assign(state, ops.where(finite, value, ops.convert_to_tensor(state)))
 
-        theta = ops.cast(variable, dtype)
+        theta = ops.cast(ops.convert_to_tensor(variable), dtype)
         step = ops.cast(self.iterations + 1, dtype)
         beta_2 = beta_2_schedule(step, self.decay_exponent)
         epsilon_1 = ops.cast(self.epsilon_1, dtype)

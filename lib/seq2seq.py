@@ -1121,7 +1121,7 @@ def two_state_error_rates(on_track_error, off_track_error):
     epsilon = checks.check_array("on_track_error", on_track_error, ndim=1, dtype=float)
     q = checks.check_array("off_track_error", off_track_error, dtype=float)
     for name, values in (("on_track_error", epsilon), ("off_track_error", q)):
-        if not np.all((values >= 0) & (values <= 1)):
+        if not np.all((values >= 0) & (values <= 1) | np.isnan(values)):  # NaN: no sequence qualified there
             raise ValueError(f"`{name}` must hold probabilities in [0, 1]. Received: {name}={values.tolist()}")
     if q.ndim > 1 or (q.ndim == 1 and q.shape != epsilon.shape):
         raise ValueError(f"`off_track_error` must be a number or one per position ({epsilon.shape[0]}). "

@@ -59,6 +59,9 @@ def reference(layer, query, value, key=None, mask=None):
 @pytest.mark.parametrize("cross, separate_key, value_size", [(False, False, None), (True, False, None),
                                                              (True, True, 6)])
 def test_matches_keras_output_and_scores(cross, separate_key, value_size):
+    if value_size is not None and keras.backend.backend() == "jax":
+        pytest.skip("the peer fails here: keras.layers.MultiHeadAttention under JAX calls jax.nn.dot_product_attention, "
+                    "which needs value_dim == key_dim")
     query, value = inputs()
     if not cross:
         value = query
@@ -380,6 +383,8 @@ def test_low_rank_logit_error_falls_to_zero_at_full_rank():
     assert errors[-1] < 1e-10  # row-centred log-maps have rank n - 1
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="fit_attention_maps trains in a TensorFlow loop (see the README)")
 def test_fit_attention_maps_reaches_the_target_only_with_enough_key_size():
     targets = attention.random_attention_maps(2, 6, seed=0)
     small, full = attention.fit_attention_maps(targets, [1, 6], steps=300)
@@ -390,6 +395,8 @@ def test_fit_attention_maps_reaches_the_target_only_with_enough_key_size():
     assert small.history.shape == (300,) and small.history[-1] < small.history[0]
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="fit_attention_maps trains in a TensorFlow loop (see the README)")
 def test_talking_heads_fit_a_shared_map_like_one_head_of_h_times_the_key_size():
     heads, length = 3, 9
     shared = np.repeat(attention.random_attention_maps(1, length, seed=1), heads, axis=0)
