@@ -38,6 +38,7 @@ CHAPTERS = {
     "crf-memm": "lib.experiments.crf_memm",
     "exposure-bias": "lib.experiments.exposure_bias",
     "gelu": "lib.experiments.gelu",
+    "multilabel-softmax": "lib.experiments.multilabel_softmax",
 }
 """The chapters whose experiments live here: command-line name -> module."""
 
