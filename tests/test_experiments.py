@@ -314,3 +314,21 @@ def test_full_scale_of_the_exposure_bias_chapter_builds_and_trains_a_step():
                                      "decoder_inputs": np.asarray(seq2seq.shift_right(data["targets"][train], data["start"]))},
                                     data["targets"][train])
         assert np.isfinite(loss), method
+
+
+def test_full_scale_of_the_adafactor_chapter_builds_and_trains_a_step():
+    from lib.experiments import adafactor
+
+    full = adafactor.settings("full")
+    rng = np.random.default_rng(0)
+    size = (full["batch_size"], full["context"])
+    pair = (rng.integers(0, full["vocabulary_size"], size).astype("int32"),
+            rng.integers(0, full["vocabulary_size"], full["batch_size"]).astype("int32"))
+    variants = {**full["ladder"], **{name: {**full["ladder"]["AdaFactor"], **change}
+                                     for name, change in full["stability_options"].items()}}
+    for name, options in variants.items():
+        model = adafactor.build_model(full, 0)
+        optimizer = adafactor.make_optimizer(full, options, full["grids"][options["optimizer"]][0])
+        run = adafactor.train(model, optimizer, pair, np.arange(full["batch_size"])[None], validation=pair,
+                              log_every=1)
+        assert not run["diverged"] and np.isfinite(run["curve"][0]["validation_loss"]), name
