@@ -324,8 +324,8 @@ def test_full_scale_of_the_adafactor_chapter_builds_and_trains_a_step():
     size = (full["batch_size"], full["context"])
     pair = (rng.integers(0, full["vocabulary_size"], size).astype("int32"),
             rng.integers(0, full["vocabulary_size"], full["batch_size"]).astype("int32"))
-    variants = {**full["ladder"], **{name: {**full["ladder"]["AdaFactor"], **change}
-                                     for name, change in full["stability_options"].items()}}
+    variants = {**full["ladder"],  # and the stability variant that changes most: c = 1, no clipping
+                "c = 1, no clipping": {**full["ladder"]["AdaFactor"], **full["stability_options"]["c = 1, no clipping"]}}
     for name, options in variants.items():
         model = adafactor.build_model(full, 0)
         optimizer = adafactor.make_optimizer(full, options, full["grids"][options["optimizer"]][0])
