@@ -71,7 +71,8 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float | None = None, height
     return fig, axes
 
 
-def seed_curves(ax, curves, key: str, *, color: str | None = None, label: str | None = None, linestyle: str = "-"):
+def seed_curves(ax, curves, key: str, *, color: str | None = None, label: str | None = None, linestyle: str = "-",
+                x: str = "epoch"):
     """Plot a learning curve over seeds: each seed thin, the mean over the seeds still running bold.
 
     Args:
@@ -80,15 +81,16 @@ def seed_curves(ax, curves, key: str, *, color: str | None = None, label: str | 
             ``lib.training.train_with_early_stopping`` returns them); seeds may stop at different epochs.
         key: the quantity to plot.
         color, label, linestyle: passed to matplotlib (the label goes on the mean line).
+        x: the key of the horizontal position in each row (``"step"`` for curves logged by step); the mean
+            is drawn at the positions of the longest curve.
     """
     import numpy as np
 
     if not curves or any(not curve for curve in curves):
         raise ValueError(f"`curves` must hold one non-empty curve per seed. Received: {len(curves)} curves")
     for curve in curves:
-        ax.plot([row["epoch"] for row in curve], [row[key] for row in curve], color=color, alpha=0.25,
+        ax.plot([row[x] for row in curve], [row[key] for row in curve], color=color, alpha=0.25,
                 linewidth=0.8, linestyle=linestyle)
-    longest = max(len(curve) for curve in curves)
-    epochs = np.arange(1, longest + 1)
-    mean = [np.mean([curve[e - 1][key] for curve in curves if len(curve) >= e]) for e in epochs]
-    ax.plot(epochs, mean, color=color, label=label, linestyle=linestyle)
+    longest = max(curves, key=len)
+    mean = [np.mean([curve[i][key] for curve in curves if len(curve) > i]) for i in range(len(longest))]
+    ax.plot([row[x] for row in longest], mean, color=color, label=label, linestyle=linestyle)

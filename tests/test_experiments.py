@@ -368,3 +368,19 @@ def test_multilabel_synthetic_task_has_the_asked_label_counts():
         assert counts.std() > 1  # the number of labels depends on the input
     assert multilabel_softmax.phoneme_bigrams(["K", "AE1", "T"]) == {"K-AE", "AE-T"}
     assert multilabel_softmax.word_ngrams("at", 2) == ["a", "t", "<a", "at", "t>"]
+def test_full_scale_of_the_adafactor_chapter_builds_and_trains_a_step():
+    from lib.experiments import adafactor
+
+    full = adafactor.settings("full")
+    rng = np.random.default_rng(0)
+    size = (full["batch_size"], full["context"])
+    pair = (rng.integers(0, full["vocabulary_size"], size).astype("int32"),
+            rng.integers(0, full["vocabulary_size"], full["batch_size"]).astype("int32"))
+    variants = {**full["ladder"],  # and the stability variant that changes most: c = 1, no clipping
+                "c = 1, no clipping": {**full["ladder"]["AdaFactor"], **full["stability_options"]["c = 1, no clipping"]}}
+    for name, options in variants.items():
+        model = adafactor.build_model(full, 0)
+        optimizer = adafactor.make_optimizer(full, options, full["grids"][options["optimizer"]][0])
+        run = adafactor.train(model, optimizer, pair, np.arange(full["batch_size"])[None], validation=pair,
+                              log_every=1)
+        assert not run["diverged"] and np.isfinite(run["curve"][0]["validation_loss"]), name

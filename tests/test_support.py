@@ -23,6 +23,21 @@ def test_figure_rejects_bad_grids(kwargs):
         plotting.figure(**kwargs)
 
 
+def test_seed_curves_draws_each_seed_and_the_mean_at_the_logged_positions():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plotting.figure()
+    by_epoch = [[{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}], [{"epoch": 1, "loss": 4.0}]]
+    plotting.seed_curves(ax, by_epoch, "loss", label="mean")
+    assert ax.lines[-1].get_xdata().tolist() == [1, 2] and ax.lines[-1].get_ydata().tolist() == [3.0, 1.0]
+    by_step = [[{"step": 100, "loss": 2.0}, {"step": 200, "loss": 1.0}], [{"step": 100, "loss": 4.0},
+                                                                         {"step": 200, "loss": 3.0}]]
+    plotting.seed_curves(ax, by_step, "loss", x="step")
+    assert ax.lines[-1].get_xdata().tolist() == [100, 200] and ax.lines[-1].get_ydata().tolist() == [3.0, 2.0]
+    assert len(ax.lines) == 3 + 3
+    plt.close(fig)
+
+
 def test_glue_returns_nothing_and_validates_names():
     assert notebook.glue("gelu_c", 0.5) is None
     with pytest.raises(ValueError, match="`name` must be a non-empty string"):

@@ -39,6 +39,7 @@ CHAPTERS = {
     "exposure-bias": "lib.experiments.exposure_bias",
     "gelu": "lib.experiments.gelu",
     "multilabel-softmax": "lib.experiments.multilabel_softmax",
+    "adafactor": "lib.experiments.adafactor",
 }
 """The chapters whose experiments live here: command-line name -> module."""
 
