@@ -314,3 +314,19 @@ def test_full_scale_of_the_exposure_bias_chapter_builds_and_trains_a_step():
                                      "decoder_inputs": np.asarray(seq2seq.shift_right(data["targets"][train], data["start"]))},
                                     data["targets"][train])
         assert np.isfinite(loss), method
+
+
+def test_full_scale_of_the_adversarial_training_chapter_builds_and_trains_a_step():
+    import keras
+
+    from lib.experiments import adversarial_training
+
+    full = adversarial_training.settings("full")
+    data = adversarial_training.prepare({**full, "train_reviews": 8, "validation_reviews": 8, "test_reviews": 8})
+    for method in full["methods"]:
+        model = adversarial_training.build_classifier(full, len(data["vocabulary"]), seed=0)
+        trained = adversarial_training.wrap(model, full["method_options"][method])
+        trained.compile(optimizer=keras.optimizers.Adam(full["learning_rate"]), loss=adversarial_training.loss())
+        loss = trained.train_on_batch(data["train"]["x"], data["train"]["y"])
+        assert model.get_layer("embedding").output_dim == full["embedding_dim"]
+        assert np.isfinite(loss), method

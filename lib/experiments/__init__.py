@@ -37,6 +37,7 @@ import time
 CHAPTERS = {
     "crf-memm": "lib.experiments.crf_memm",
     "exposure-bias": "lib.experiments.exposure_bias",
+    "adversarial-training": "lib.experiments.adversarial_training",
 }
 """The chapters whose experiments live here: command-line name -> module."""
 
