@@ -456,3 +456,68 @@ def test_perturbed_predict_rejects_bad_arguments():
         perturbed_predict(model, "embedding", x, y, BCE, [0.1, -1])
     with pytest.raises(ValueError, match=r"`loss` must be a Keras loss, a loss name or a callable. Received: loss=3"):
         perturbed_predict(model, "embedding", x, y, 3, [0.1])
+
+
+# --- the article's matrix FGM, and PGD --------------------------------------------------------------------------
+
+
+def test_matrix_fgm_step_is_the_gradient_at_the_perturbed_matrix_and_restores_it():
+    # one SGD step must be θ - lr ∇_θ L(E + r) with r = ε g_E/‖g_E‖ (one norm for the whole matrix), E kept
+    x, y = toy_batch()
+    reference, model = text_classifier(seed=3), text_classifier(seed=3)
+    wrapper = adversarial.EmbeddingMatrixFGMModel(model, "embedding", epsilon=0.3)
+    wrapper.compile(optimizer=keras.optimizers.SGD(0.1), loss=BCE)
+    matrix = reference.get_layer("embedding").embeddings
+    with tf.GradientTape() as tape:
+        value = BCE(y, reference(x, training=True))
+    g = tf.convert_to_tensor(tape.gradient(value, matrix)).numpy()
+    r = 0.3 * g / np.linalg.norm(g)
+    matrix.assign_add(r)
+    with tf.GradientTape() as tape:
+        value = BCE(y, reference(x, training=True))
+    expected = [w.numpy() - 0.1 * d.numpy() for w, d in
+                zip(reference.trainable_weights, map(tf.convert_to_tensor,
+                                                     tape.gradient(value, reference.trainable_weights)))]
+    expected[0] = expected[0] - r  # the step is taken from E, not from E + r
+    wrapper.train_on_batch(x, y)
+    for got, want in zip(model.trainable_weights, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_matrix_fgm_needs_an_embedding_layer():
+    with pytest.raises(ValueError, match="`layer_name` must name a layer with an `embeddings` matrix"):
+        adversarial.EmbeddingMatrixFGMModel(text_classifier(), "conv", epsilon=0.5)
+
+
+def test_pgd_on_a_linear_model_is_the_fgm_step_and_stays_in_the_ball():
+    # for logit = <w, e> + b every ascent step points the same way, so PGD ends on the ball along -/+ w
+    model = linear_model()
+    x, y = toy_batch(n=20)
+    w_norm = np.linalg.norm(model.get_layer("head").kernel.numpy())
+    epsilons = [0.0, 0.1, 1.0]
+    moved = adversarial.pgd_predict(model, "embedding", x, y, BCE, epsilons, steps=4, batch_size=7)
+    one_step = perturbed_predict(model, "embedding", x, y, BCE, epsilons, batch_size=7)
+    assert moved.shape == (3, 20, 1)
+    np.testing.assert_allclose(moved, one_step, rtol=1e-4, atol=1e-5)
+    towards_wrong = np.where(y > 0.5, -1.0, 1.0)
+    np.testing.assert_allclose(moved[2] - moved[0], w_norm * towards_wrong, rtol=1e-4, atol=1e-5)
+
+
+def test_pgd_is_at_least_as_strong_as_one_step_on_a_curved_model():
+    model = text_classifier(seed=2)
+    x, y = toy_batch(n=32, seed=4)
+    per_example = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+    one_step = perturbed_predict(model, "embedding", x, y, BCE, [1.5])[0]
+    pgd = adversarial.pgd_predict(model, "embedding", x, y, BCE, [1.5], steps=10)[0]
+    assert per_example(y, pgd).numpy().mean() >= per_example(y, one_step).numpy().mean() - 1e-6
+
+
+def test_pgd_rejects_bad_arguments():
+    model = linear_model()
+    x, y = toy_batch()
+    with pytest.raises(ValueError, match=r"`steps` must be a positive integer. Received: steps=0"):
+        adversarial.pgd_predict(model, "embedding", x, y, BCE, [0.1], steps=0)
+    with pytest.raises(ValueError, match=r"`step_size` must be a finite number > 0 or None. Received: step_size=-1"):
+        adversarial.pgd_predict(model, "embedding", x, y, BCE, [0.1], step_size=-1)
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer"):
+        adversarial.pgd_predict(model, "embedding", x, y, BCE, [0.1], batch_size=0)

@@ -384,3 +384,17 @@ def test_full_scale_of_the_adafactor_chapter_builds_and_trains_a_step():
         run = adafactor.train(model, optimizer, pair, np.arange(full["batch_size"])[None], validation=pair,
                               log_every=1)
         assert not run["diverged"] and np.isfinite(run["curve"][0]["validation_loss"]), name
+def test_full_scale_of_the_adversarial_training_chapter_builds_and_trains_a_step():
+    import keras
+
+    from lib.experiments import adversarial_training
+
+    full = adversarial_training.settings("full")
+    data = adversarial_training.prepare({**full, "train_reviews": 8, "validation_reviews": 8, "test_reviews": 8})
+    for method in full["methods"]:
+        model = adversarial_training.build_classifier(full, len(data["vocabulary"]), seed=0)
+        trained = adversarial_training.wrap(model, full["method_options"][method])
+        trained.compile(optimizer=keras.optimizers.Adam(full["learning_rate"]), loss=adversarial_training.loss())
+        loss = trained.train_on_batch(data["train"]["x"], data["train"]["y"])
+        assert model.get_layer("embedding").output_dim == full["embedding_dim"]
+        assert np.isfinite(loss), method

@@ -40,6 +40,7 @@ CHAPTERS = {
     "gelu": "lib.experiments.gelu",
     "multilabel-softmax": "lib.experiments.multilabel_softmax",
     "adafactor": "lib.experiments.adafactor",
+    "adversarial-training": "lib.experiments.adversarial_training",
 }
 """The chapters whose experiments live here: command-line name -> module."""
 
