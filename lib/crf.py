@@ -329,6 +329,16 @@ def _prepare(emissions, mask, *others):
     return aligned[0], prefix, lengths, order, aligned[1:]
 
 
+def _prepare_with_transitions(emissions, mask, transitions):
+    """:func:`_prepare` for the emissions and, when they are per-step ``(batch, time, K, K)``, the transitions.
+
+    Returns ``(emissions, prefix_mask or None, lengths or None, order or None, transitions)``.
+    """
+    per_step = len(transitions.shape) == 4
+    aligned, prefix, lengths, order, others = _prepare(emissions, mask, *([transitions] if per_step else []))
+    return aligned, prefix, lengths, order, others[0] if per_step else transitions
+
+
 def _time_major(x):
     return ops.moveaxis(x, 1, 0)
 
@@ -648,10 +658,7 @@ def crf_marginals(emissions, transitions, mask=None, start_transitions=None, end
     """
     emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
                                                         mask)
-    steps = [transitions] if len(transitions.shape) == 4 else []
-    aligned, prefix, _, order, others = _prepare(emissions, mask, *steps)
-    if steps:
-        transitions = others[0]
+    aligned, prefix, _, order, transitions = _prepare_with_transitions(emissions, mask, transitions)
     alpha, beta = _forward_backward(aligned, transitions, prefix, start, end)
     scores = alpha + beta
     marginals = ops.exp(scores - ops.logsumexp(scores, axis=-1, keepdims=True))
@@ -922,10 +929,7 @@ def viterbi_decode(emissions, transitions, mask=None, start_transitions=None, en
     checks.check_bool("return_score", return_score)
     emissions, transitions, start, end, mask = _checked(emissions, transitions, start_transitions, end_transitions,
                                                         mask)
-    steps = [transitions] if len(transitions.shape) == 4 else []
-    aligned, prefix, lengths, order, others = _prepare(emissions, mask, *steps)
-    if steps:
-        transitions = others[0]
+    aligned, prefix, lengths, order, transitions = _prepare_with_transitions(emissions, mask, transitions)
     tags, score = _viterbi_aligned(aligned, transitions, prefix, start, end)
     if order is None:
         return (tags, score) if return_score else tags
