@@ -590,6 +590,7 @@ def fit_attention_maps(targets, key_sizes, *, talking_heads_pre=False, steps=600
     target = tf.constant(targets[None])
     log_target = tf.math.log(tf.maximum(target, 1e-30))
 
+    # [listing training]
     def losses():
         values = []
         for layer in layers:
@@ -608,6 +609,7 @@ def fit_attention_maps(targets, key_sizes, *, talking_heads_pre=False, steps=600
             optimizer.apply(tape.gradient(total, trained), trained)
             history = history.write(i, loss)
         return history.stack()
+    # [end listing]
 
     # Every call builds new layers, so this loop is traced again on purpose: TensorFlow's warning about
     # frequent retracing does not apply here and is filtered out for the duration of the call.

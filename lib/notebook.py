@@ -57,13 +57,15 @@ def _close_if_figure(value) -> None:
         plt.close(value)
 
 
-def show_source(obj, *, docstring: bool = True) -> None:
+def show_source(obj, *, docstring: bool = True, listing: str | None = None) -> None:
     """Display the source code of a library function, class or method as a highlighted block.
 
     Args:
         obj: the function, class or method.
         docstring: keep the docstring; ``False`` shows the signature and the code only, for when the
             text around the listing already says what the docstring says.
+        listing: show only the lines between the comments ``# [listing NAME]`` and ``# [end listing]``
+            in ``obj``'s source (the lines the text explains), under a comment naming where they come from.
     """
     try:
         source = textwrap.dedent(inspect.getsource(obj))
@@ -71,11 +73,31 @@ def show_source(obj, *, docstring: bool = True) -> None:
         raise ValueError(f"`obj` must be a Python function, class or method. Received: obj={obj!r}") from error
     if not isinstance(docstring, bool):
         raise ValueError(f"`docstring` must be True or False. Received: docstring={docstring!r}")
-    if not docstring:
+    if listing is not None:
+        source = _listing(source, listing, f"{obj.__module__}.{obj.__qualname__}")
+    elif not docstring:
         source = _without_docstring(source)
     from IPython.display import Markdown, display
 
     display(Markdown(f"```python\n{source}```"))
+
+
+def _listing(source: str, name, where: str) -> str:
+    """The lines of ``source`` between ``# [listing name]`` and the next ``# [end listing]``, dedented."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`listing` must be a non-empty string. Received: listing={name!r}")
+    lines = source.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip() == f"# [listing {name}]"]
+    if not starts:
+        found = sorted({line.strip()[len("# [listing "):-1] for line in lines
+                        if line.strip().startswith("# [listing ") and line.strip().endswith("]")})
+        raise ValueError(f"`listing` must name a marked region of {where} (marked: {found}). "
+                         f"Received: listing={name!r}")
+    ends = [i for i, line in enumerate(lines) if i > starts[0] and line.strip() == "# [end listing]"]
+    if not ends:
+        raise ValueError(f"The region {name!r} of {where} has no `# [end listing]` line.")
+    body = textwrap.dedent("".join(lines[starts[0] + 1: ends[0]]))
+    return f"# from {where} (excerpt)\n{body}"
 
 
 def _without_docstring(source: str) -> str:

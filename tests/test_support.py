@@ -105,3 +105,22 @@ def test_show_math_rejects_what_it_cannot_typeset():
         notebook.show_math()
     with pytest.raises(ValueError, match="a sympy Eq or a"):
         notebook.show_math("a = b")
+
+
+def test_show_source_shows_a_marked_listing_and_names_the_marks_it_has(monkeypatch):
+    import IPython.display
+
+    from lib import attention
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda value: shown.append(value.data))
+    notebook.show_source(attention.fit_attention_maps, listing="training")
+    (excerpt,) = shown
+    assert excerpt.startswith("```python\n# from lib.attention.fit_attention_maps (excerpt)\n")
+    assert "def losses():" in excerpt and "optimizer.apply(" in excerpt
+    assert "_DropMessages" not in excerpt and "Args:" not in excerpt  # the plumbing and docstring stay out
+    assert "# [listing" not in excerpt and "# [end listing]" not in excerpt
+    with pytest.raises(ValueError, match=r"`listing` must name a marked region .*\['training'\]"):
+        notebook.show_source(attention.fit_attention_maps, listing="nothing")
+    with pytest.raises(ValueError, match="`listing` must be a non-empty string"):
+        notebook.show_source(attention.fit_attention_maps, listing="")
