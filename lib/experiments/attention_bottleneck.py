@@ -52,16 +52,16 @@ def _variants(width, heads, talking, enlarged):
 _COMMON = {"learning_rate": 3e-3, "batch_size": 32, "eval_every": 250, "patience": 3, "min_delta": 0.0005,
            "evaluation_seed": 10_000}
 _SCALES = {
-    "smoke": {"keys": 16, "values": 4, "memory": 16, "queries": 4, "width": 64, "max_steps": 20, "eval_every": 10,
-              "evaluation_examples": 32, "variants": _variants(64, [1, 16], [16], [(16, 16)]), "seeds": [0, 1]},
-    "quick": {"keys": 128, "values": 16, "memory": 128, "queries": 16, "width": 64, "max_steps": 600,
-              "eval_every": 200, "evaluation_examples": 256, "variants": _variants(64, [16], [16], []), "seeds": [0]},
-    "reference": {"keys": 128, "values": 16, "memory": 128, "queries": 16, "width": 64, "max_steps": 4000,
-                  "evaluation_examples": 512, "variants": _variants(64, [1, 4, 16], [4, 16], [(16, 16)]),
+    "smoke": {"keys": 16, "values": 4, "memory": 16, "queries": 4, "width": 32, "max_steps": 20, "eval_every": 10,
+              "evaluation_examples": 32, "variants": _variants(32, [1, 16], [16], [(16, 8)]), "seeds": [0, 1]},
+    "quick": {"keys": 128, "values": 16, "memory": 128, "queries": 16, "width": 32, "max_steps": 800,
+              "eval_every": 200, "evaluation_examples": 256, "variants": _variants(32, [1, 16], [], []),
+              "seeds": [0]},
+    "reference": {"keys": 128, "values": 16, "memory": 128, "queries": 16, "width": 32, "max_steps": 4000,
+                  "evaluation_examples": 512, "variants": _variants(32, [1, 4, 16, 32], [16, 32], [(16, 8)]),
                   "seeds": [0, 1, 2, 3, 4]},
-    "full": {"keys": 512, "values": 16, "memory": 512, "queries": 64, "width": 256, "max_steps": 20000,
-             "evaluation_examples": 1024, "variants": _variants(256, [1, 4, 16, 64, 256], [16, 64, 256],
-                                                                  [(64, 64)]),
+    "full": {"keys": 512, "values": 16, "memory": 512, "queries": 64, "width": 128, "max_steps": 20000,
+             "evaluation_examples": 1024, "variants": _variants(128, [1, 8, 64, 128], [64, 128], [(64, 16)]),
              "seeds": [0, 1, 2, 3, 4]},
 }
 
@@ -232,11 +232,11 @@ def run_seed(settings: dict, data: dict, seed: int) -> dict:
 
 
 COMPARISONS = {
-    "talking heads, 16 heads": ("16 heads, k=4, talking heads", "16 heads, k=4"),
-    "talking heads, 4 heads": ("4 heads, k=16, talking heads", "4 heads, k=16"),
-    "key size 16 (article), 16 heads": ("16 heads, k=16, v=4", "16 heads, k=4"),
-    "1 head of 64 vs 16 of 4 (same weights)": ("1 head, k=64", "16 heads, k=4"),
-    "4 heads of 16 vs 16 of 4 (same weights)": ("4 heads, k=16", "16 heads, k=4"),
+    "talking heads, 16 heads of k=2": ("16 heads, k=2, talking heads", "16 heads, k=2"),
+    "talking heads, 32 heads of k=1": ("32 heads, k=1, talking heads", "32 heads, k=1"),
+    "key size 8 (the article's remedy), 16 heads": ("16 heads, k=8, v=2", "16 heads, k=2"),
+    "1 head of k=32 vs 16 of k=2 (same weights)": ("1 head, k=32", "16 heads, k=2"),
+    "4 heads of k=8 vs 16 of k=2 (same weights)": ("4 heads, k=8", "16 heads, k=2"),
 }
 """Paired comparisons the chapter reports: name -> (variant, baseline), when both variants ran."""
 
