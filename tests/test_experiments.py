@@ -398,3 +398,33 @@ def test_full_scale_of_the_adversarial_training_chapter_builds_and_trains_a_step
         loss = trained.train_on_batch(data["train"]["x"], data["train"]["y"])
         assert model.get_layer("embedding").output_dim == full["embedding_dim"]
         assert np.isfinite(loss), method
+
+
+def test_full_scale_of_the_attention_chapter_builds_its_largest_model_and_trains_a_step():
+    import keras
+
+    from lib.experiments import attention_bottleneck as recall
+
+    full = recall.settings("full")
+    largest = max(full["variants"], key=lambda v: (v["heads"] * v["talking_heads"], v["heads"]))
+    assert largest["talking_heads"] and largest["heads"] * largest["key_size"] == full["width"]
+    model = recall.make_model(full, largest)
+    model.compile(optimizer=keras.optimizers.Adam(full["learning_rate"]),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    examples = recall.recall_examples(full, 2, seed=0)
+    weights = recall.attention_map(model, examples)
+    assert weights.shape == (full["queries"], full["memory"])
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-4)  # identity mixing at the start: a distribution
+    loss = model.train_on_batch(recall._inputs(examples), examples["answers"])
+    assert np.isfinite(loss)
+
+
+def test_recall_examples_hold_distinct_keys_and_the_answers_stored_under_them():
+    from lib.experiments import attention_bottleneck as recall
+
+    small = recall.settings("smoke")
+    examples = recall.recall_examples(small, 5, seed=3)
+    for keys, values, queries, answers, slots in zip(*(examples[k] for k in (
+            "memory_keys", "memory_values", "query_keys", "answers", "answer_slots"))):
+        assert len(set(keys)) == len(keys) == small["memory"] and keys.max() < small["keys"]
+        assert np.array_equal(keys[slots], queries) and np.array_equal(values[slots], answers)
