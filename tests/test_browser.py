@@ -320,40 +320,46 @@ def problems(book, findings, width_name):
 
 
 @pytest.fixture(scope="module")
-def browser_findings(built_book):
+def browser_findings(request):
+    """The built book's pages, and ``{(page, width name): {kind: [finding, ...]}}``. Skips, before building anything,
+    when there is no Chromium or no Playwright."""
     chromium = find_chromium()
     if chromium is None:
-        pytest.skip("no Chromium found (install Debian's `chromium` package, or set $CHROMIUM): "
-                    "the pages were not opened in a browser")
+        pytest.skip(
+            "no Chromium found (install Debian's `chromium` package, or set $CHROMIUM): "
+            "the pages were not opened in a browser"
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.skip("the `playwright` Python package is not installed (pip install -r requirements.txt)")
+    book = request.getfixturevalue("built_book")
     start = time.perf_counter()
-    results = inspect_book(built_book, chromium=chromium)
+    results = inspect_book(book, chromium=chromium)
     print(f"opened {len(results)} pages x widths in Chromium ({chromium}) in {time.perf_counter() - start:.1f} s")
-    return {key: problems(built_book, findings, key[1]) for key, findings in results.items()}
+    return pages_of(book), {key: problems(book, found, key[1]) for key, found in results.items()}
 
 
-def report(browser_findings, kind, width_name):
+def report(findings, kind, width_name):
     found = [f"{page} at {WIDTHS[width_name]} px: {line}"
-             for (page, width), kinds in sorted(browser_findings.items()) if width == width_name
+             for (page, width), kinds in sorted(findings.items()) if width == width_name
              for line in kinds[kind]]
     return f"{len(found)} found:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("width_name", WIDTHS)
-def test_browser_every_page_is_opened(browser_findings, built_book, width_name):
-    opened = {page for page, width in browser_findings if width == width_name}
-    assert opened == set(pages_of(built_book))
-    assert len(opened) >= 10
+def test_browser_every_page_is_opened(browser_findings, width_name):
+    pages, findings = browser_findings
+    assert {page for page, width in findings if width == width_name} == set(pages)
+    assert len(pages) >= 10
 
 
 @pytest.mark.parametrize("width_name", WIDTHS)
 @pytest.mark.parametrize("kind", ["overflow", "equations", "tables", "math", "figures", "console"])
 def test_browser_page_as_a_reader_sees_it(browser_findings, kind, width_name):
-    assert not any(kinds[kind] for (_, width), kinds in browser_findings.items() if width == width_name), \
-        report(browser_findings, kind, width_name)
+    _, findings = browser_findings
+    assert not any(kinds[kind] for (_, width), kinds in findings.items() if width == width_name), \
+        report(findings, kind, width_name)
 
 
 if __name__ == "__main__":  # python tests/test_browser.py _build/html: print the findings of an existing build
