@@ -108,18 +108,6 @@ def test_code_cells_fit_the_column(path):
     assert not too_long, f"{len(too_long)} code lines wider than {CODE_LINE_LIMIT} characters:\n" + "\n".join(too_long)
 
 
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    """Build the whole book once, as `make book` does: warnings are errors."""
-    output = tmp_path_factory.mktemp("book")
-    command = [str(pathlib.Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT),
-               "--path-output", str(output), "-W", "-n", "--keep-going"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    yield output / "_build" / "html"
-    shutil.rmtree(output, ignore_errors=True)
-
-
 def test_every_page_is_built(built_book):
     for entry in CHAPTERS + [TOC["root"]]:
         assert (built_book / f"{entry}.html").exists(), entry
