@@ -797,7 +797,8 @@ def test_bad_high_dim_inputs_raise_errors_naming_the_argument():
     with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable to \(batch, \*other axes, \*query "
                                          r"axes, \*key axes\)=\(3, 3, 4, 2\).*Received: attention_mask.shape=\(4, 3\)"):
         layer(query, value, attention_mask=np.ones((4, 3), bool))
-    with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable.*Received: attention_mask.shape=\(2,\)"):
+    with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable.*Received: "
+                                         r"attention_mask.shape=\(2,\)"):
         layer(query, value, attention_mask=np.ones((2,), bool))
     with pytest.raises(ValueError, match=r"`query_mask` must have the shape of its input without the features, "
                                          r"\(3, 3, 4\). Received: query_mask.shape=\(3, 4\)"):
