@@ -1,8 +1,7 @@
 """Time lib.crf against pytorch-crf and torch-struct, MEMM/Bi-MEMM against CRF, and the parallel forward against
 the sequential.
 
-    pip install -r benchmarks/requirements.txt      # torch==2.13.0 (CPU wheel), pytorch-crf==0.7.2
-    pip install --no-deps torch-struct==0.5         # its metadata pins an old torch: install it without deps
+    pip install -r benchmarks/requirements.txt      # torch==2.13.0 (CPU wheel), pytorch-crf 0.7.2, torch-struct 0.5
     python benchmarks/bench_crf.py [--batch 32] [--time 128] [--threads 1] [--quick] [--tables 1 2 3]
 
 Three tables, each measured side by side (interleaved rounds, medians) in one process:
