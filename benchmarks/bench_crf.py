@@ -155,6 +155,9 @@ def _table_1(args, tf, torch, torch_struct, torchcrf, benchmarking, crf, verdict
                 log_z = tf.reduce_sum(crf.log_partition(e_, g, mask_, parallel=parallel))
             return tape.gradient(log_z, [e_, g])
 
+        def parallel_log_z_grad(e_, mask_):
+            return log_z_grad(e_, mask_, parallel=True)
+
         def torch_log_z_grad():
             e_torch.grad = None
             reference.zero_grad()
@@ -219,9 +222,8 @@ def _table_1(args, tf, torch, torch_struct, torchcrf, benchmarking, crf, verdict
                 ("log Z + gradient", {
                     "lib (graph)": benchmarking.tf_runner(log_z_grad, e_tf, mask_tf),
                     "lib (XLA)": benchmarking.tf_runner(log_z_grad, e_tf, mask_tf, jit_compile=True),
-                    "lib parallel (graph)": benchmarking.tf_runner(lambda a, b: log_z_grad(a, b, True), e_tf, mask_tf),
-                    "lib parallel (XLA)": benchmarking.tf_runner(lambda a, b: log_z_grad(a, b, True), e_tf, mask_tf,
-                                                                 jit_compile=True),
+                    "lib parallel (graph)": benchmarking.tf_runner(parallel_log_z_grad, e_tf, mask_tf),
+                    "lib parallel (XLA)": benchmarking.tf_runner(parallel_log_z_grad, e_tf, mask_tf, jit_compile=True),
                     "pytorch-crf": torch_log_z_grad, "torch-struct": struct_log_z_grad}),
                 ("Viterbi", {"lib (graph)": benchmarking.tf_runner(decode, e_tf, mask_tf),
                              "lib (XLA)": benchmarking.tf_runner(decode, e_tf, mask_tf, jit_compile=True),
