@@ -54,6 +54,27 @@ def _output_shape(output_shape):
                      f"Received: output_shape={output_shape!r}")
 
 
+def _attention_axes(attention_axes):
+    """``None``, or a tuple of distinct integers from an integer or a sequence of them (as in Keras)."""
+    if attention_axes is None:
+        return None
+    axes = (attention_axes,) if isinstance(attention_axes, (int, np.integer)) else attention_axes
+    if (not isinstance(axes, (list, tuple)) or not axes or any(
+            isinstance(a, bool) or not isinstance(a, (int, np.integer)) for a in axes)
+            or len(set(int(a) for a in axes)) != len(axes)):
+        raise ValueError("`attention_axes` must be an integer, a non-empty tuple of distinct integers, or None. "
+                         f"Received: attention_axes={attention_axes!r}")
+    return tuple(int(a) for a in axes)
+
+
+def _product(sizes):
+    """The product of static (int) and dynamic (scalar tensor) sizes: an int when all are ints."""
+    total = 1
+    for size in sizes:
+        total = total * size
+    return total
+
+
 def _clone_initializer(initializer):
     """A fresh copy of an initializer, so that no two weights share one (as Keras's own layer does)."""
     initializer = keras.initializers.get(initializer)
@@ -96,7 +117,23 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_constraint, bias_constraint: constraints of the same weights.
         output_shape: as in ``keras.layers.MultiHeadAttention``: the shape of each output position, an integer
             or a tuple (the output is then (B, T, *output_shape)). An integer ``n`` is ``output_dim=n``.
+        attention_axes: the axes of the inputs that attention runs over, as in ``keras.layers.MultiHeadAttention``:
+            an integer or a tuple of them, counted on the inputs (negative from the end); ``None`` (the default)
+            means every axis between the batch and the features. Each position of the other axes (the batch
+            included) attends on its own; over several axes the softmax is joint (one distribution over all key
+            positions). See "Inputs of rank > 3" below.
         **kwargs: standard layer arguments (``name``, ``dtype``...).
+
+    Inputs of rank > 3 (``attention_axes``): ``query`` (B, *other, *T, d_q) and ``value`` (B, *other, *S, d_v)
+    in any order of axes, where *T and *S are the attention axes and *other the rest, equal in query, key and
+    value. The layer computes exactly what it computes for rank 3 on the flattened problem: batch B·∏other,
+    T = ∏T positions, S = ∏S positions (row-major order). So the weights are the same for every rank (and
+    ``set_weights`` from a Keras layer works as for rank 3); the scores come back in Keras's layout (B, *other,
+    h, *T, *S); an ``attention_mask`` is broadcastable to (B, *other, *T, *S) (at least the rank of *T *S), or
+    to (B, *other, h, *T, *S) per head; Keras masks of the inputs have their shape without the features;
+    ``use_causal_mask`` forbids key positions after the query position in that row-major order (for one
+    attention axis: causal along it); talking heads mix the h heads' maps at every (query position, key
+    position) pair, as for rank 3.
 
     Call arguments:
         query: (B, T, d_q).
@@ -115,9 +152,10 @@ class MultiHeadAttention(keras.layers.Layer):
         (B, T, output_dim), or ``(output, scores)`` with ``return_attention_scores=True``.
 
     Raises:
-        ValueError: for sizes that are not positive integers, a dropout rate outside [0, 1), inputs
-            that are not rank 3, ``key`` and ``value`` of different lengths, or an ``attention_mask``
-            that does not broadcast to (B, T, S).
+        ValueError: for sizes that are not positive integers, a dropout rate outside [0, 1), inputs of rank
+            below 3 or of different ranks, ``attention_axes`` that are not axes between the batch and the
+            features, ``key`` and ``value`` of different lengths, or an ``attention_mask`` that does not
+            broadcast to (B, T, S).
 
     Example:
 
@@ -143,8 +181,10 @@ class MultiHeadAttention(keras.layers.Layer):
     def __init__(self, num_heads, key_size, value_size=None, output_dim=None, talking_heads_pre=False,
                  talking_heads_post=False, dropout=0.0, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", talking_heads_initializer="identity", seed=None, kernel_regularizer=None,
-                 bias_regularizer=None, kernel_constraint=None, bias_constraint=None, output_shape=None, **kwargs):
+                 bias_regularizer=None, kernel_constraint=None, bias_constraint=None, output_shape=None,
+                 attention_axes=None, **kwargs):
         super().__init__(**kwargs)
+        self.attention_axes = _attention_axes(attention_axes)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.key_size = check_positive_int("key_size", key_size)
         value_size = check_positive_int("value_size", value_size, allow_none=True)
@@ -181,13 +221,7 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def build(self, query_shape, value_shape, key_shape=None):
         key_shape = value_shape if key_shape is None else key_shape
-        for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3 or shape[-1] is None:
-                raise ValueError(f"`{name}` must have shape (batch, length, features) with known features. "
-                                 f"Received: {name}.shape={tuple(shape)}")
-        if None not in (value_shape[1], key_shape[1]) and value_shape[1] != key_shape[1]:
-            raise ValueError("`key` and `value` must have the same length (axis 1). "
-                             f"Received: key.shape={tuple(key_shape)}, value.shape={tuple(value_shape)}")
+        self._check_shapes(query_shape, value_shape, key_shape, where=".shape")
         h, k, v = self.num_heads, self.key_size, self.value_size
         output_dim = self._output_tail(query_shape)
 
@@ -214,6 +248,50 @@ class MultiHeadAttention(keras.layers.Layer):
         if self.talking_heads_post:
             self.talking_heads_post_kernel = self.add_weight(
                 name="talking_heads_post", shape=(h, h), initializer=_clone_initializer(self.talking_heads_initializer))
+
+    def _check_shapes(self, query_shape, value_shape, key_shape, where):
+        """Ranks (at least 3, all equal), known features, ``attention_axes`` that fit, and key/value agreement."""
+        shapes = (("query", tuple(query_shape)), ("value", tuple(value_shape)), ("key", tuple(key_shape)))
+        for name, shape in shapes:
+            if len(shape) < 3 or shape[-1] is None:
+                raise ValueError(f"`{name}` must have shape (batch, length, features) with known features (or "
+                                 f"more axes between batch and features). Received: {name}{where}={shape}")
+        rank = len(shapes[0][1])
+        for name, shape in shapes[1:]:
+            if len(shape) != rank:
+                raise ValueError(f"`{name}` must have the rank of `query` ({rank}). "
+                                 f"Received: query{where}={shapes[0][1]}, {name}{where}={shape}")
+        value_shape, key_shape = shapes[1][1], shapes[2][1]
+        if rank == 3:
+            if None not in (value_shape[1], key_shape[1]) and value_shape[1] != key_shape[1]:
+                raise ValueError("`key` and `value` must have the same length (axis 1). "
+                                 f"Received: key{where}={key_shape}, value{where}={value_shape}")
+        elif not all(None in (a, b) or a == b for a, b in zip(value_shape[1:-1], key_shape[1:-1])):
+            raise ValueError("All dimensions of `value` and `key`, except the last one, must be equal. "
+                             f"Received: value{where}={value_shape} and key{where}={key_shape}")
+        axes = self._axes(rank)
+        for name, shape in shapes[1:]:
+            for axis in range(1, rank - 1):
+                if axis not in axes and None not in (shape[axis], shapes[0][1][axis]) and (
+                        shape[axis] != shapes[0][1][axis]):
+                    raise ValueError(f"`{name}` must match `query` on the axes that attention does not run over "
+                                     f"(attention_axes={axes}): axis {axis} differs. Received: "
+                                     f"query{where}={shapes[0][1]}, {name}{where}={shape}")
+        return axes
+
+    def _axes(self, rank):
+        """The attention axes for inputs of ``rank``, non-negative, in the order given."""
+        if self.attention_axes is None:
+            return tuple(range(1, rank - 1))
+        axes = tuple(a + rank if a < 0 else a for a in self.attention_axes)
+        if any(not 1 <= a <= rank - 2 for a in axes):
+            raise ValueError(f"`attention_axes` must name axes between the batch axis and the features axis: for "
+                             f"inputs of rank {rank}, integers in [1, {rank - 2}] or [{1 - rank}, -2]. Received: "
+                             f"attention_axes={self.attention_axes}")
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"`attention_axes` must name each axis once. Received: attention_axes="
+                             f"{self.attention_axes} for inputs of rank {rank}")
+        return axes
 
     def _output_tail(self, query_shape):
         """The shape of one output position: ``output_shape``, or ``(output_dim or query's width,)``."""
@@ -296,9 +374,94 @@ class MultiHeadAttention(keras.layers.Layer):
         _check_bool("return_attention_scores", return_attention_scores)
         for name, tensor, kernel in (("query", query, self.query_kernel), ("value", value, self.value_kernel),
                                      ("key", key, self.key_kernel)):
-            if len(tensor.shape) != 3 or tensor.shape[-1] != kernel.shape[0]:
+            if len(tensor.shape) < 3 or tensor.shape[-1] != kernel.shape[0]:
                 raise ValueError(f"`{name}` must have shape (batch, length, {kernel.shape[0]}), as when the layer "
                                  f"was built. Received: {name}.shape={tuple(tensor.shape)}")
+        axes = self._check_shapes(query.shape, value.shape, key.shape, where=".shape")
+        if len(query.shape) == 3:
+            return self._attend(query, value, key, attention_mask, use_causal_mask, return_attention_scores, training,
+                                query_mask, value_mask, key_mask)
+        return self._attend_over_axes(axes, query, value, key, attention_mask, use_causal_mask,
+                                      return_attention_scores, training, query_mask, value_mask, key_mask)
+
+    def _attend_over_axes(self, axes, query, value, key, attention_mask, use_causal_mask, return_attention_scores,
+                          training, query_mask, value_mask, key_mask):
+        """Rank > 3: move the attention axes next to the features, flatten to (B·∏other, ∏T, d), attend as for
+        rank 3, and put the output (and the scores, in Keras's layout) back."""
+        rank = len(query.shape)
+        others = [a for a in range(rank - 1) if a not in axes]  # the batch axis and the axes not attended over
+        order = others + list(axes)
+        nb, n = len(others), len(axes)
+
+        def sizes(x):
+            shape = ops.shape(x)
+            return [shape[a] for a in order]
+
+        def flatten(x, features=True):
+            size = sizes(x)
+            x = ops.transpose(x, order + ([rank - 1] if features else []))
+            tail = [x.shape[-1]] if features else []
+            return ops.reshape(x, [_product(size[:nb]), _product(size[nb:])] + tail)
+
+        q_sizes, s_sizes = sizes(query), sizes(value)
+        flat_masks = []
+        for name, extra, tensor in (("query_mask", query_mask, query), ("value_mask", value_mask, value),
+                                    ("key_mask", key_mask, key)):
+            if extra is not None:
+                extra = checks.check_tensor(name, extra)
+                expected = tuple(tensor.shape[:-1])
+                if len(extra.shape) != rank - 1 or not all(
+                        None in (m, e) or m == e for m, e in zip(extra.shape, expected)):
+                    raise ValueError(f"`{name}` must have the shape of its input without the features, {expected}. "
+                                     f"Received: {name}.shape={tuple(extra.shape)}")
+                extra = flatten(extra, features=False)
+            flat_masks.append(extra)
+        if attention_mask is not None:
+            attention_mask = self._flat_attention_mask(attention_mask, query, value, order, nb, n, q_sizes, s_sizes)
+        result = self._attend(flatten(query), flatten(value), flatten(key), attention_mask, use_causal_mask,
+                              return_attention_scores, training, *flat_masks)
+        output, scores = result if return_attention_scores else (result, None)
+        tail = list(output.shape[2:])
+        output = ops.reshape(output, q_sizes + tail)  # (B, *other, *T, *tail) in `order`
+        inverse = [order.index(a) for a in range(rank - 1)]
+        output = ops.transpose(output, inverse + list(range(rank - 1, rank - 1 + len(tail))))
+        if not return_attention_scores:
+            return output
+        scores = ops.reshape(scores, q_sizes[:nb] + [self.num_heads] + q_sizes[nb:] + s_sizes[nb:])
+        return output, scores
+
+    def _flat_attention_mask(self, attention_mask, query, value, order, nb, n, q_sizes, s_sizes):
+        """An ``attention_mask`` for (B, *other, [h,] *T, *S), checked, broadcast and flattened to rank 3 or 4."""
+        attention_mask = checks.check_tensor("attention_mask", attention_mask)
+        batch = tuple(query.shape[a] for a in order[:nb])
+        positions = tuple(query.shape[a] for a in order[nb:]) + tuple(value.shape[a] for a in order[nb:])
+        rank = len(attention_mask.shape)
+        per_head = rank == nb + 1 + 2 * n
+        expected = batch + ((self.num_heads,) if per_head else ()) + positions
+        # As Keras reads it: a mask of rank 2n + k holds the first k of (batch, *other); the rest broadcast.
+        leading = rank - 2 * n if not per_head else nb + 1
+        covered = expected[:leading] + expected[len(expected) - 2 * n:]
+        if not (per_head or 2 * n <= rank <= nb + 2 * n) or not all(
+                m is None or e is None or m in (1, e) for m, e in zip(attention_mask.shape, covered)):
+            what = "of rank {} (one mask per head) ".format(rank) if per_head else ""
+            layout = "(batch, *other axes, num_heads, *query axes, *key axes)" if per_head else (
+                "(batch, *other axes, *query axes, *key axes)")
+            raise ValueError(f"`attention_mask` {what}must be broadcastable to {layout}={expected}, or hold the "
+                             f"query and key axes and only the first of the others, as in Keras (attention over "
+                             f"{n} axis(es); rank {2 * n} to {nb + 2 * n}, or {nb + 1 + 2 * n} per head). "
+                             f"Received: attention_mask.shape={tuple(attention_mask.shape)}")
+        mask = ops.cast(attention_mask, "bool")
+        shape = list(ops.shape(mask))
+        mask = ops.reshape(mask, shape[:leading] + [1] * (len(expected) - rank) + shape[leading:])
+        full = q_sizes[:nb] + ([self.num_heads] if per_head else []) + q_sizes[nb:] + s_sizes[nb:]
+        mask = ops.broadcast_to(mask, full)
+        flat = [_product(q_sizes[:nb])] + ([self.num_heads] if per_head else []) + [
+            _product(q_sizes[nb:]), _product(s_sizes[nb:])]
+        return ops.reshape(mask, flat)
+
+    def _attend(self, query, value, key, attention_mask, use_causal_mask, return_attention_scores, training,
+                query_mask, value_mask, key_mask):
+        """Attention for rank-3 inputs (B, T, d): the whole computation of the class docstring."""
         mask = self._combined_mask(query, value, attention_mask, use_causal_mask, query_mask, value_mask, key_mask)
         weights = self.attention_weights(self.attention_logits(query, key), mask)  # (B, h, T, S), float32+
         weights = ops.cast(weights, self.compute_dtype)
@@ -374,9 +537,10 @@ class MultiHeadAttention(keras.layers.Layer):
         query_shape, value_shape = tuple(query_shape), tuple(value_shape)
         key_shape = value_shape if key_shape is None else tuple(key_shape)
         for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3:
-                raise ValueError(f"`{name}` must have shape (batch, length, features). "
-                                 f"Received: {name}_shape={shape}")
+            if len(shape) < 3 or len(shape) != len(query_shape):
+                raise ValueError(f"`{name}` must have shape (batch, length, features) (or more axes between batch "
+                                 f"and features), all of one rank. Received: {name}_shape={shape}")
+        self._axes(len(query_shape))
         if value_shape[1:-1] != key_shape[1:-1]:
             raise ValueError("All dimensions of `value` and `key`, except the last one, must be equal. "
                              f"Received: value_shape={value_shape} and key_shape={key_shape}")
@@ -389,7 +553,11 @@ class MultiHeadAttention(keras.layers.Layer):
         output = keras.KerasTensor(self.compute_output_shape(query.shape, value.shape, key_shape),
                                    dtype=self.compute_dtype)
         if return_attention_scores:
-            scores_shape = (query.shape[0], self.num_heads, query.shape[1], value.shape[1])
+            rank = len(query.shape)
+            axes = self._axes(rank)
+            others = [a for a in range(rank - 1) if a not in axes]
+            scores_shape = (*(query.shape[a] for a in others), self.num_heads, *(query.shape[a] for a in axes),
+                            *(value.shape[a] for a in axes))
             return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
         return output
 
@@ -413,6 +581,7 @@ class MultiHeadAttention(keras.layers.Layer):
             "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
             "bias_constraint": keras.constraints.serialize(self.bias_constraint),
             "output_shape": None if self.output_shape_ is None else list(self.output_shape_),
+            "attention_axes": None if self.attention_axes is None else list(self.attention_axes),
         }
 
 

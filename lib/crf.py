@@ -425,10 +425,12 @@ def _forward_sequential(emissions, transitions, mask, start, end):
         return new if m is None else ops.where(m[t], new, alpha)
 
     time = ops.shape(e)[0]
-    # a while loop with a maximum trip count: XLA needs it to differentiate through the loop
-    _, alpha = ops.while_loop(lambda t, alpha: t < time, lambda t, alpha: (t + 1, step(t, alpha)),
-                              (ops.convert_to_tensor(1, "int32"), alpha),
-                              maximum_iterations=time - 1 if isinstance(time, int) else None)
+    if keras.backend.backend() == "jax":  # static length: a fori_loop, which JAX lowers to a differentiable scan
+        alpha = ops.fori_loop(1, time, step, alpha)
+    else:  # a while loop with a maximum trip count: XLA needs it to differentiate through the loop
+        _, alpha = ops.while_loop(lambda t, alpha: t < time, lambda t, alpha: (t + 1, step(t, alpha)),
+                                  (ops.convert_to_tensor(1, "int32"), alpha),
+                                  maximum_iterations=time - 1 if isinstance(time, int) else None)
     if end is not None:
         alpha = alpha + end
     return ops.logsumexp(alpha, axis=1)

@@ -174,10 +174,23 @@ def relative_step_size(step, cap=PAPER_DEFAULTS["relative_step_cap"]):
     return ops.minimum(ops.rsqrt(step), cap)
 
 
+def _mean(x, axis=None, keepdims=False):
+    """``ops.mean`` in the dtype of ``x``. Keras's JAX ``mean`` accumulates float64 in float32 (it computes in
+    ``result_type(x.dtype, "float32")``, which Keras promotes to float32), which would cost float64 users eight
+    digits; under JAX (static shapes) the mean is the sum over the count. Other backends keep ``ops.mean``."""
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.mean(x, axis=axis, keepdims=keepdims)
+    axes = range(len(x.shape)) if axis is None else (axis,) if isinstance(axis, int) else axis
+    count = 1
+    for a in axes:
+        count *= x.shape[a]
+    return ops.sum(x, axis=axis, keepdims=keepdims) / count
+
+
 def rms(x, axis=None, keepdims=False):
     """Root mean square, ``√(mean(x²))``: the article's RMS."""
     x = checks.check_tensor("x", x)
-    return ops.sqrt(ops.mean(ops.square(x), axis=axis, keepdims=keepdims))
+    return ops.sqrt(_mean(ops.square(x), axis=axis, keepdims=keepdims))
 
 
 def factored_axes(shape, min_dim_size_to_factor=1):
@@ -250,10 +263,14 @@ def _dense_gradient(gradient, variable):
 
 def _power_of_two_scale(x, axis=None):
     """A power of two near ``max|x|`` over ``axis`` (kept as a size-1 axis; 1 where ``x`` is all zero): dividing
-    by it is exact, and it keeps the squares of ``x / scale`` (below 4) far from float overflow."""
+    by it is exact, and it keeps the squares of ``x / scale`` (below 16) far from float overflow.
+
+    The exponent stops at ``maxexp − 2`` (2^126 in float32), so that ``1 / scale`` is a normal number: XLA on CPU
+    (JAX, ``jit_compile``) divides by multiplying with the reciprocal and flushes subnormals to zero, and
+    ``x / 2^127`` would then be 0."""
     finfo = np.finfo(keras.backend.standardize_dtype(x.dtype))
     top = ops.max(ops.abs(x), axis=axis, keepdims=axis is not None)
-    exponent = ops.minimum(ops.floor(ops.log2(ops.where(top > 0, top, 1.0))), finfo.maxexp - 1)  # 2^128: inf
+    exponent = ops.minimum(ops.floor(ops.log2(ops.where(top > 0, top, 1.0))), finfo.maxexp - 2)
     return ops.where(top > 0, ops.power(ops.cast(2.0, x.dtype), exponent), ops.ones((), x.dtype))
 
 
@@ -266,7 +283,7 @@ def _mean_square(x, axis=None):
         square = ops.square(x / scale)
     else:
         scale = _power_of_two_scale(x, axis=axis)
-        square = ops.mean(ops.square(x / scale), axis=axis)
+        square = _mean(ops.square(x / scale), axis=axis)
         scale = ops.squeeze(scale, axis)
     return ops.minimum(square * scale * scale, np.finfo(keras.backend.standardize_dtype(x.dtype)).max)
 
@@ -514,7 +531,7 @@ class AdaFactor(keras.optimizers.Optimizer):
             # keeps v̂ from underflowing to 0 where a whole row and a whole column had zero gradient (ε₁² = 1e-60
             # is 0 in float32, and 0/0 would poison RMS(u) for the whole matrix), and r / mean r from
             # underflowing next to a huge row. √(mean r) = RMS(√r) where the mean overflows (saturated r).
-            mean_row = ops.mean(new_row, axis=row_axis, keepdims=True)
+            mean_row = _mean(new_row, axis=row_axis, keepdims=True)
             root_mean_row = ops.where(ops.isfinite(mean_row), ops.sqrt(mean_row),
                                       _stable_rms(ops.sqrt(new_row), axis=row_axis))
             row_factor = ops.rsqrt(new_row) * root_mean_row

@@ -556,3 +556,252 @@ def test_regularizers_and_constraints_reach_the_projections():
     optimizer = keras.optimizers.SGD(1.0)
     optimizer.apply([np.full(w.shape, 10.0, "float32") for w in kernels], kernels)
     assert all(float(np.min(np.asarray(w))) >= 0.0 for w in kernels)
+
+
+# --- attention_axes: inputs of rank > 3 (cases ported from Keras's multi_head_attention_test.py) --------------
+
+
+def high_dim_inputs(q_dims, v_dims, batch=3, hidden=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(batch, *q_dims, hidden)).astype("float32"),
+            rng.normal(size=(batch, *v_dims, hidden)).astype("float32"))
+
+
+def axes_twins(query, value, attention_axes, num_heads=2, key_size=2, **kwargs):
+    theirs = keras.layers.MultiHeadAttention(num_heads, key_size, attention_axes=attention_axes, **kwargs)
+    ours = MultiHeadAttention(num_heads, key_size, attention_axes=attention_axes, **kwargs)
+    theirs(query, value)
+    ours(query, value)
+    ours.set_weights(theirs.get_weights())
+    return theirs, ours
+
+
+# Keras's test_high_dim_attention cases (q_dims, v_dims, mask_dims, attention_axes). Keras's own test never
+# applies the masks; here they are applied, in the shapes Keras accepts: a mask of rank 2n + k holds the first
+# k of (batch, *other axes) and the query and key axes ("4d ... mask4" and "5d ... fullmask" are given their
+# batch axis of 3 in front, the shapes Keras's softmax accepts).
+HIGH_DIM_CASES = {
+    "4d_inputs_1freebatch_mask2": ((3, 4), (3, 2), (4, 2), (2,)),
+    "4d_inputs_1freebatch_mask3": ((3, 4), (3, 2), (3, 4, 2), (2,)),
+    "4d_inputs_1freebatch_mask4": ((3, 4), (3, 2), (3, 3, 4, 2), (2,)),
+    "4d_inputs_2d_attention": ((3, 4), (3, 2), (3, 4, 3, 2), (1, 2)),
+    "5d_inputs_2d_attention": ((5, 3, 4), (5, 3, 2), (3, 4, 3, 2), (2, 3)),
+    "5d_inputs_2d_attention_batchmask": ((5, 3, 4), (5, 3, 2), (3, 3, 4, 3, 2), (2, 3)),
+    "5d_inputs_2d_attention_fullmask": ((5, 3, 4), (5, 3, 2), (3, 5, 3, 4, 3, 2), (2, 3)),
+    "4d_inputs_default_axes": ((3, 4), (2, 5), None, None),
+    "5d_inputs_noncontiguous_axes": ((2, 3, 4), (5, 3, 2), None, (1, 3)),
+}
+
+
+@pytest.mark.parametrize("case", HIGH_DIM_CASES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_high_dim_attention_matches_keras(case, masked):
+    q_dims, v_dims, mask_dims, attention_axes = HIGH_DIM_CASES[case]
+    if masked and mask_dims is None:
+        pytest.skip("no mask in this case")
+    query, value = high_dim_inputs(q_dims, v_dims)
+    theirs, ours = axes_twins(query, value, attention_axes)
+    assert len(ours.weights) == len(theirs.weights) == 8
+    mask = None
+    if masked:
+        mask = np.random.default_rng(1).random(mask_dims) > 0.3
+    expected, expected_scores = theirs(query, value, attention_mask=mask, return_attention_scores=True)
+    output, scores = ours(query, value, attention_mask=mask, return_attention_scores=True)
+    assert tuple(output.shape) == query.shape
+    assert tuple(scores.shape) == tuple(expected_scores.shape)
+    np.testing.assert_allclose(output, expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(scores, expected_scores, rtol=RTOL, atol=ATOL)
+    # the joint softmax: the weights of each (batch, other, head, query position) sum to 1 over every key axis
+    n = len(q_dims) if attention_axes is None else len(attention_axes)
+    sums = np.asarray(scores).sum(axis=tuple(range(-n, 0)))
+    if masked:  # a query position with no key left has all-zero weights
+        sums = sums[sums > 0]
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+
+
+def test_attention_axes_negative_indexing():
+    query, _ = high_dim_inputs((3, 8), (3, 8))
+    positive = MultiHeadAttention(2, 4, attention_axes=2)
+    negative = MultiHeadAttention(2, 4, attention_axes=-2)
+    positive(query, query)
+    negative(query, query)
+    negative.set_weights(positive.get_weights())
+    z_pos, a_pos = positive(query, query, return_attention_scores=True)
+    z_neg, a_neg = negative(query, query, return_attention_scores=True)
+    assert z_pos.shape == z_neg.shape and a_pos.shape == a_neg.shape == (3, 3, 2, 8, 8)
+    np.testing.assert_array_equal(z_pos, z_neg)
+    np.testing.assert_array_equal(a_pos, a_neg)
+
+
+def test_causal_mask_on_non_4d_inputs_masks_the_future():
+    # Keras's test_causal_only_masks_non_4d_inputs: attention over axis 1 of a (1, 5, 3, 8) input
+    t = 5
+    future = np.triu(np.ones((t, t)), k=1).astype(bool)
+    x = np.random.RandomState(0).randn(1, t, 3, 8).astype("float32")
+    theirs, ours = axes_twins(x, x, 1, key_size=4)
+    _, scores = ours(x, x, use_causal_mask=True, return_attention_scores=True)
+    assert np.asarray(scores)[..., future].sum() < 1e-6
+    expected = theirs(x, x, use_causal_mask=True, return_attention_scores=True)[0]
+    np.testing.assert_allclose(ours(x, x, use_causal_mask=True), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_causal_mask_over_two_axes_is_row_major():
+    # documented: over several axes "the future" is the row-major order of the attention positions
+    x, _ = high_dim_inputs((2, 3), (2, 3), batch=2)
+    layer = MultiHeadAttention(2, 4, attention_axes=(1, 2))
+    _, scores = layer(x, x, use_causal_mask=True, return_attention_scores=True)
+    flat = np.asarray(scores).reshape(2, 2, 6, 6)
+    np.testing.assert_array_equal(flat[..., np.triu(np.ones((6, 6)), k=1) > 0], 0.0)
+    manual = np.tril(np.ones((6, 6), bool)).reshape(2, 3, 2, 3)
+    np.testing.assert_array_equal(layer(x, x, use_causal_mask=True), layer(x, x, attention_mask=manual))
+
+
+@pytest.mark.parametrize("query_dims, value_dims, key_dims, output_shape", [
+    ((4, 8), (2, 8), None, None),
+    ((4, 8), (2, 8), (2, 3), (3, 4)),
+    ((4, 2, 3, 8), (1, 1, 5, 8), (1, 1, 5, 2), None),
+    ((4, 2, 3, 8), (1, 1, 5, 8), (1, 1, 5, 2), (3, 2)),
+    ((4, 2, 3, 8), (4, 2, 3, 7), (4, 2, 3, 8), None),
+])
+def test_compute_output_shape_equals_the_output_shape(query_dims, value_dims, key_dims, output_shape):
+    # Keras's test_compute_output_shape
+    layer = MultiHeadAttention(2, 2, value_size=2, output_shape=output_shape)
+    query, value = np.ones((7, *query_dims), "float32"), np.ones((7, *value_dims), "float32")
+    key = None if key_dims is None else np.ones((7, *key_dims), "float32")
+    output = layer(query=query, value=value, key=key)
+    key_shape = None if key is None else key.shape
+    assert tuple(output.shape) == layer.compute_output_shape(query.shape, value.shape, key_shape)
+    assert tuple(output.shape) == layer.compute_output_shape(list(query.shape), list(value.shape),
+                                                             None if key is None else list(key_shape))
+
+
+def test_high_dim_key_value_mismatch_raises_like_keras():
+    # Keras's test_shape_mismatch_error, "key_value_dim_mismatch_high_dim"
+    shapes = (2, 4, 2, 3, 8), (2, 1, 1, 5, 8), (2, 1, 15, 5, 2)
+    layer = MultiHeadAttention(4, 2, value_size=2)
+    with pytest.raises(ValueError, match="must be equal"):
+        layer.compute_output_shape(*shapes)
+    with pytest.raises(ValueError, match="must be equal"):
+        layer(*(np.ones(shape, "float32") for shape in shapes))
+
+
+def test_rank_three_is_unchanged_by_attention_axes():
+    # attention_axes=1, -2 and None are the same layer on rank-3 inputs: same weights, bit-identical outputs
+    query, value = inputs()
+    plain = MultiHeadAttention(2, 4, talking_heads_pre=True, talking_heads_initializer="random_normal")
+    reference_output, reference_scores = plain(query, value, return_attention_scores=True)
+    for axes in (1, (1,), -2, [-2]):
+        layer = MultiHeadAttention(2, 4, talking_heads_pre=True, attention_axes=axes)
+        layer(query, value)
+        assert [tuple(w.shape) for w in layer.weights] == [tuple(w.shape) for w in plain.weights]
+        layer.set_weights(plain.get_weights())
+        output, scores = layer(query, value, return_attention_scores=True)
+        np.testing.assert_array_equal(output, reference_output)
+        np.testing.assert_array_equal(scores, reference_scores)
+
+
+def flatten_for_axes(x, attention_axes):
+    """The rank-3 problem that attention over ``attention_axes`` of ``x`` is, by hand in NumPy."""
+    rank = x.ndim
+    others = [a for a in range(rank - 1) if a not in attention_axes]
+    moved = np.transpose(x, others + list(attention_axes) + [rank - 1])
+    nb = len(others)
+    return moved.reshape(int(np.prod(moved.shape[:nb])), int(np.prod(moved.shape[nb:-1])), x.shape[-1])
+
+
+@pytest.mark.parametrize("pre, post", [(True, False), (False, True), (True, True)])
+def test_talking_heads_over_several_axes_mix_heads_at_each_position_pair(pre, post):
+    # defined (class docstring): the rank-3 computation of the flattened problem, talking heads included
+    query, value = high_dim_inputs((2, 3, 4), (2, 3, 2))
+    axes = (1, 3)
+    layer = MultiHeadAttention(3, 4, talking_heads_pre=pre, talking_heads_post=post, attention_axes=axes,
+                               talking_heads_initializer="random_normal")
+    output, scores = layer(query, value, return_attention_scores=True)
+    flat_query, flat_value = flatten_for_axes(query, axes), flatten_for_axes(value, axes)
+    expected, expected_weights = reference(layer, flat_query.astype(np.float64), flat_value.astype(np.float64))
+    np.testing.assert_allclose(flatten_for_axes(np.asarray(output), axes), expected, rtol=1e-4, atol=1e-5)
+    # scores (B, other, h, T1, T3, S1, S3) against the reference's (B·other, h, T, S)
+    b, other, h = scores.shape[:3]
+    np.testing.assert_allclose(np.asarray(scores).reshape(b * other, h, 2 * 4, 2 * 2), expected_weights,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_keras_masks_of_high_dim_inputs_equal_the_explicit_mask():
+    ids_q = np.array([[[1, 2, 3, 0], [3, 1, 0, 0], [2, 0, 0, 0]], [[1, 1, 1, 1], [2, 3, 0, 0], [1, 2, 3, 0]]])
+    ids_v = np.array([[[5, 4, 0], [3, 0, 0], [2, 1, 1]], [[1, 0, 0], [2, 2, 0], [4, 4, 4]]])
+    query = keras.layers.Embedding(4, 8, mask_zero=True)(ids_q)  # (2, 3, 4, 8), Keras mask (2, 3, 4)
+    value = keras.layers.Embedding(6, 8, mask_zero=True)(ids_v)  # (2, 3, 3, 8), Keras mask (2, 3, 3)
+    layer = MultiHeadAttention(2, 4, attention_axes=2)
+    automatic = layer(query, value)
+    mask = (ids_q > 0)[..., :, None] & (ids_v > 0)[..., None, :]  # (2, 3, 4, 3)
+    plain_query, plain_value = ops.convert_to_tensor(np.asarray(query)), ops.convert_to_tensor(np.asarray(value))
+    explicit = layer(plain_query, plain_value, attention_mask=mask)
+    np.testing.assert_allclose(automatic, explicit, rtol=1e-6, atol=1e-6)
+
+
+def test_high_dim_layer_config_save_load_and_fit():
+    check_keras_layer(lambda: SelfAttention(num_heads=2, key_size=3, attention_axes=(2,), talking_heads_pre=True,
+                                            dropout=0.1), (3, 5, 8))
+    layer = MultiHeadAttention(2, 3, attention_axes=(1, 2))
+    config = layer.get_config()
+    assert config["attention_axes"] == [1, 2]
+    assert MultiHeadAttention.from_config(config).get_config() == config
+    old = dict(config)
+    del old["attention_axes"]  # a config saved before attention_axes existed
+    assert MultiHeadAttention.from_config(old).attention_axes is None
+
+
+def test_high_dim_scores_in_a_functional_model():
+    x = keras.Input((3, 5, 8))
+    output, scores = MultiHeadAttention(2, 4, attention_axes=2)(x, x, return_attention_scores=True)
+    assert tuple(output.shape) == (None, 3, 5, 8)
+    assert tuple(scores.shape) == (None, 3, 2, 5, 5)
+    output, scores = MultiHeadAttention(2, 4)(x, x, return_attention_scores=True)
+    assert tuple(scores.shape) == (None, 2, 3, 5, 3, 5)
+
+
+def test_high_dim_traced_with_unknown_batch_and_lengths():
+    query, value = high_dim_inputs((3, 4), (3, 2))
+    mask = np.random.default_rng(2).random((3, 3, 4, 2)) > 0.3
+    layer = MultiHeadAttention(2, 4, attention_axes=2, talking_heads_post=True)
+    eager = layer(query, value, attention_mask=mask, use_causal_mask=True)
+    traced = tf.function(lambda q, v, m: layer(q, v, attention_mask=m, use_causal_mask=True), input_signature=[
+        tf.TensorSpec([None, None, None, 8]), tf.TensorSpec([None, None, None, 8]),
+        tf.TensorSpec([None, None, None, None], tf.bool)])
+    np.testing.assert_allclose(traced(query, value, mask), eager, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`attention_mask` of rank 5 \(one mask per head\) must be broadcastable"):
+        tf.function(lambda q, v: layer(q, v, attention_mask=np.ones((3, 3, 5, 4, 2), bool)))(query, value)
+
+
+@pytest.mark.parametrize("attention_axes", ["2", 1.0, (), (1, 1), True, [1, "2"]])
+def test_bad_attention_axes_raise_value_error(attention_axes):
+    with pytest.raises(ValueError, match=r"`attention_axes` must be an integer, a non-empty tuple of distinct "
+                                         r"integers, or None. Received: attention_axes="):
+        MultiHeadAttention(2, 4, attention_axes=attention_axes)
+
+
+def test_bad_high_dim_inputs_raise_errors_naming_the_argument():
+    query, value = high_dim_inputs((3, 4), (3, 2))
+    for axes in (0, 3, -4, (1, -3)):
+        with pytest.raises(ValueError, match=r"`attention_axes` must name (axes between the batch axis and the "
+                                             r"features axis: for inputs of rank 4, integers in \[1, 2\] or "
+                                             r"\[-3, -2\]|each axis once)"):
+            MultiHeadAttention(2, 4, attention_axes=axes)(query, value)
+    layer = MultiHeadAttention(2, 4, attention_axes=2)
+    with pytest.raises(ValueError, match=r"`value` must have the rank of `query` \(4\). Received: "
+                                         r"query.shape=\(3, 3, 4, 8\), value.shape=\(3, 6, 8\)"):
+        layer(query, value.reshape(3, 6, 8))
+    with pytest.raises(ValueError, match=r"`value` must match `query` on the axes that attention does not run over "
+                                         r"\(attention_axes=\(2,\)\): axis 1 differs"):
+        layer(query, np.concatenate([value, value], axis=1))
+    with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable to \(batch, \*other axes, \*query "
+                                         r"axes, \*key axes\)=\(3, 3, 4, 2\).*Received: attention_mask.shape=\(4, 3\)"):
+        layer(query, value, attention_mask=np.ones((4, 3), bool))
+    with pytest.raises(ValueError, match=r"`attention_mask` must be broadcastable.*Received: "
+                                         r"attention_mask.shape=\(2,\)"):
+        layer(query, value, attention_mask=np.ones((2,), bool))
+    with pytest.raises(ValueError, match=r"`query_mask` must have the shape of its input without the features, "
+                                         r"\(3, 3, 4\). Received: query_mask.shape=\(3, 4\)"):
+        layer(query, value, query_mask=np.ones((3, 4), bool))
+    with pytest.raises(ValueError, match=r"`attention_axes` must name axes between"):
+        layer.compute_output_shape((3, 4, 8), (3, 2, 8))

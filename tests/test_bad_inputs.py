@@ -37,6 +37,10 @@ def _x(batch=2, length=3, width=8):
     return rng.normal(size=(batch, length, width)).astype("float32")
 
 
+def _x4(batch=2, other=2, length=3, width=8):
+    return rng.normal(size=(batch, other, length, width)).astype("float32")
+
+
 def _encoder(**kwargs):
     config = dict(vocabulary_size=20, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
                   max_length=8, dropout=0.0)
@@ -128,6 +132,19 @@ CASES = [
     ("MHA/return_scores_string", lambda: _mha()(_x(), _x(), return_attention_scores="no"),
      "return_attention_scores"),
     ("MHA/compute_output_shape_rank", lambda: _mha().compute_output_shape((2, 8), (2, 3, 8)), "query"),
+    ("MHA/attention_axes_string", lambda: _mha(attention_axes="2"), "attention_axes"),
+    ("MHA/attention_axes_repeated", lambda: _mha(attention_axes=(1, 1)), "attention_axes"),
+    ("MHA/attention_axes_batch", lambda: _mha(attention_axes=0)(_x4(), _x4()), "attention_axes"),
+    ("MHA/attention_axes_features", lambda: _mha(attention_axes=-1)(_x4(), _x4()), "attention_axes"),
+    ("MHA/attention_axes_rank_3", lambda: _mha(attention_axes=2)(_x(), _x()), "attention_axes"),
+    ("MHA/value_rank_differs", lambda: _mha(attention_axes=2)(_x4(), _x()), "value"),
+    ("MHA/value_other_axis_differs", lambda: _mha(attention_axes=2)(_x4(), _x4(other=3)), "value"),
+    ("MHA/high_dim_mask_shape", lambda: _mha(attention_axes=2)(_x4(), _x4(), attention_mask=np.ones((2, 4, 3), bool)),
+     "attention_mask"),
+    ("MHA/high_dim_mask_heads", lambda: _mha(attention_axes=2)(
+        _x4(), _x4(), attention_mask=np.ones((2, 2, 3, 3, 3), bool)), "attention_mask"),
+    ("MHA/high_dim_query_mask", lambda: _mha(attention_axes=2)(_x4(), _x4(), query_mask=np.ones((2, 3), bool)),
+     "query_mask"),
     ("MHA/compute_output_shape_key", lambda: _mha().compute_output_shape((2, 3, 8), (2, 3, 8), (2, 4, 8)), "key"),
     ("parameter_count/num_heads", lambda: attention.parameter_count(8, 0, 4), "num_heads"),
     ("flop_count/query_length", lambda: attention.flop_count(-1, 8, 2, 4), "query_length"),
@@ -521,6 +538,10 @@ def _traced_cases():
          (np.full((1, 2), 2.0, "float32"), np.ones((1, 2), "float32")), "y_true"),
         ("MHA/mask_shape", tf.function(lambda q, m: _mha()(q, q, attention_mask=m)),
          (_x(), np.ones((2, 4, 3), bool)), "attention_mask"),
+        ("MHA/high_dim_mask_shape", tf.function(lambda q, m: _mha(attention_axes=2)(q, q, attention_mask=m)),
+         (_x4(), np.ones((2, 4, 3), bool)), "attention_mask"),
+        ("MHA/attention_axes_out_of_range", tf.function(lambda q: _mha(attention_axes=3)(q, q)), (_x4(),),
+         "attention_axes"),
         ("shift_right/targets_rank", tf.function(lambda t: seq2seq.shift_right(t, 2)),
          (np.array([5, 6, 3], "int32"),), "targets"),
     ]
