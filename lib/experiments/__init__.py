@@ -41,6 +41,7 @@ CHAPTERS = {
     "multilabel-softmax": "lib.experiments.multilabel_softmax",
     "adafactor": "lib.experiments.adafactor",
     "adversarial-training": "lib.experiments.adversarial_training",
+    "albert-untied": "lib.experiments.albert_untied",
 }
 """The chapters whose experiments live here: command-line name -> module."""
 
