@@ -282,7 +282,9 @@ class PretrainingRecipe:
     """Everything that determines the chapter's small pre-trained ALBERT; its :meth:`key` names the cache file.
 
     The defaults are the model the chapter commits (see :func:`load_or_pretrain`); :meth:`reduced` gives a
-    smaller run of the same code for the tests.
+    smaller run of the same code for the tests. ``PYTHONPATH=. python -m lib.albert`` rebuilds the committed
+    asset from these defaults, the seed included (:func:`build_asset`; 22 minutes on 2 shared CPU cores,
+    held-out masked-LM accuracy 0.203 after 5 epochs: the metadata stored in the asset records each epoch).
     """
 
     vocabulary_size: int = 3000
