@@ -673,6 +673,79 @@ class SequenceClassifier(keras.Model):
         return cls(encoder, **config)
 
 
+@keras.saving.register_keras_serializable(package="lib")
+class TokenClassifier(keras.Model):
+    """An encoder with a token-level head, as BERT tags tokens: ``softmax(Dropout(h_t) W + b)`` at every position.
+
+    Args:
+        encoder: a :class:`TransformerEncoder`.
+        num_classes: number of tags.
+        dropout: dropout rate before the output layer.
+        **kwargs: standard model arguments.
+
+    Call arguments:
+        inputs: token ids ``(batch, length)``, or a dict with ``token_ids`` and optional ``segment_ids`` and
+            ``padding_mask``.
+        training: whether dropout is active.
+
+    Returns:
+        float32 logits ``(batch, length, num_classes)``.
+
+    Example:
+
+    >>> encoder = TransformerEncoder(vocabulary_size=50, hidden_size=16, num_layers=2, num_heads=2,
+    ...                              intermediate_size=32, embedding_size=8, max_length=8, share_layers=True,
+    ...                              dropout=0.0)
+    >>> model = TokenClassifier(encoder, num_classes=5)
+    >>> x = np.array([[2, 7, 9, 0], [2, 5, 0, 0]])
+    >>> tuple(model(x).shape), bool(np.array_equal(model(x), model.unshare()(x)))
+    ((2, 4, 5), True)
+    """
+
+    def __init__(self, encoder, num_classes, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(encoder, TransformerEncoder):
+            raise ValueError(f"`encoder` must be a TransformerEncoder. Received: encoder={encoder!r}")
+        self.encoder = encoder
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.dropout = _check_rate("dropout", dropout)
+        init = encoder.blocks[0].initializer_range
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="dropout")
+        self.logits = keras.layers.Dense(self.num_classes, dtype=self.dtype_policy,
+                                         kernel_initializer=_truncated_normal(init), name="logits")
+
+    def build(self, input_shape=None):
+        _build_encoder_inputs(self, input_shape)
+        self.logits.build((None, None, self.encoder.hidden_size))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        token_ids, segment_ids, padding_mask, _ = _unpack_inputs(inputs)
+        h = self.encoder(token_ids, segment_ids=segment_ids, padding_mask=padding_mask, training=training)
+        return ops.cast(self.logits(self.dropout_layer(h, training=training)), "float32")
+
+    def unshare(self, name=None):
+        """The same tagger with its encoder untied (:meth:`TransformerEncoder.unshare`), head copied."""
+        if not self.built:
+            self.build(None)
+        clone = TokenClassifier(self.encoder.unshare(), self.num_classes, dropout=self.dropout,
+                                name=name or f"{self.name}_unshared")
+        clone.build(None)
+        for target, source in zip(clone.logits.weights, self.logits.weights, strict=True):
+            target.assign(source)
+        return clone
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
+                "dropout": self.dropout, "encoder": keras.saving.serialize_keras_object(self.encoder)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        return cls(encoder, **config)
+
+
 # --- parameter counts -----------------------------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ CHAPTERS = {
     "adafactor": "lib.experiments.adafactor",
     "adversarial-training": "lib.experiments.adversarial_training",
     "attention-bottleneck": "lib.experiments.attention_bottleneck",
+    "albert-untied": "lib.experiments.albert_untied",
 }
 """The chapters whose experiments live here: command-line name -> module."""
 
