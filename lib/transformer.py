@@ -591,8 +591,43 @@ class MaskedLanguageModel(keras.Model):
         return cls(encoder, **config)
 
 
+class _EncoderWithHead(keras.Model):
+    """What the two fine-tuning models share: untying, and a config that holds the encoder.
+
+    Subclasses take ``(encoder, num_classes, dropout=..., **kwargs)`` and name their head's layers in
+    ``HEAD_LAYERS``.
+    """
+
+    HEAD_LAYERS: tuple = ()
+
+    def unshare(self, name=None):
+        """The same model with its encoder untied (:meth:`TransformerEncoder.unshare`), head copied.
+
+        Before any training the two models compute exactly the same outputs.
+        """
+        if not self.built:
+            self.build(None)
+        clone = type(self)(self.encoder.unshare(), self.num_classes, dropout=self.dropout,
+                           name=name or f"{self.name}_unshared")
+        clone.build(None)
+        for layer in self.HEAD_LAYERS:
+            for target, source in zip(getattr(clone, layer).weights, getattr(self, layer).weights, strict=True):
+                target.assign(source)
+        return clone
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
+                "dropout": self.dropout, "encoder": keras.saving.serialize_keras_object(self.encoder)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        return cls(encoder, **config)
+
+
 @keras.saving.register_keras_serializable(package="lib")
-class SequenceClassifier(keras.Model):
+class SequenceClassifier(_EncoderWithHead):
     """An encoder with BERT's classification head: ``softmax(Dropout(tanh(h_[CLS] W_p + b_p)) W_c + b_c)``.
 
     Args:
@@ -621,6 +656,8 @@ class SequenceClassifier(keras.Model):
     True
     """
 
+    HEAD_LAYERS = ("pooler", "logits")
+
     def __init__(self, encoder, num_classes, dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(encoder, TransformerEncoder):
@@ -647,34 +684,10 @@ class SequenceClassifier(keras.Model):
         pooled = self.pooler(h[:, 0])
         return ops.cast(self.logits(self.dropout_layer(pooled, training=training)), "float32")
 
-    def unshare(self, name=None):
-        """The same classifier with its encoder untied (:meth:`TransformerEncoder.unshare`), head copied.
-
-        Before any training the two models compute exactly the same outputs.
-        """
-        if not self.built:
-            self.build(None)
-        clone = SequenceClassifier(self.encoder.unshare(), self.num_classes, dropout=self.dropout,
-                                   name=name or f"{self.name}_unshared")
-        clone.build(None)
-        for layer in ("pooler", "logits"):
-            for target, source in zip(getattr(clone, layer).weights, getattr(self, layer).weights, strict=True):
-                target.assign(source)
-        return clone
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
-                "dropout": self.dropout, "encoder": keras.saving.serialize_keras_object(self.encoder)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
-        return cls(encoder, **config)
 
 
 @keras.saving.register_keras_serializable(package="lib")
-class TokenClassifier(keras.Model):
+class TokenClassifier(_EncoderWithHead):
     """An encoder with a token-level head, as BERT tags tokens: ``softmax(Dropout(h_t) W + b)`` at every position.
 
     Args:
@@ -702,6 +715,8 @@ class TokenClassifier(keras.Model):
     ((2, 4, 5), True)
     """
 
+    HEAD_LAYERS = ("logits",)
+
     def __init__(self, encoder, num_classes, dropout=0.1, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(encoder, TransformerEncoder):
@@ -724,26 +739,6 @@ class TokenClassifier(keras.Model):
         h = self.encoder(token_ids, segment_ids=segment_ids, padding_mask=padding_mask, training=training)
         return ops.cast(self.logits(self.dropout_layer(h, training=training)), "float32")
 
-    def unshare(self, name=None):
-        """The same tagger with its encoder untied (:meth:`TransformerEncoder.unshare`), head copied."""
-        if not self.built:
-            self.build(None)
-        clone = TokenClassifier(self.encoder.unshare(), self.num_classes, dropout=self.dropout,
-                                name=name or f"{self.name}_unshared")
-        clone.build(None)
-        for target, source in zip(clone.logits.weights, self.logits.weights, strict=True):
-            target.assign(source)
-        return clone
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, "num_classes": self.num_classes,
-                "dropout": self.dropout, "encoder": keras.saving.serialize_keras_object(self.encoder)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
-        return cls(encoder, **config)
 
 
 # --- parameter counts -----------------------------------------------------------------------------------------
