@@ -113,25 +113,40 @@ def _without_docstring(source: str) -> str:
     return "".join(lines[: body[0].lineno - 1] + lines[body[0].end_lineno:])
 
 
-def show_math(*equations) -> None:
+def show_math(*equations, terms_per_line: int | None = None) -> None:
     r"""Display equations typeset and aligned at their ``=`` signs, one per line.
 
     Each item is a sympy ``Eq``, or a pair ``(left, right)`` of sympy expressions or LaTeX strings.
 
+    Args:
+        *equations: the equations, shown in this order.
+        terms_per_line: break a right-hand side that is a sympy sum after every ``terms_per_line``
+            terms, each further line indented under the first (``&\quad + ...``), so that a long sum
+            fits a narrow column (a phone's). ``None`` keeps every sum on one line.
+
     >>> import sympy as sp
     >>> print(_aligned_latex([sp.Eq(sp.Symbol("a"), sp.sqrt(2) / sp.sqrt(sp.pi)), ("c", "0.0447")]))
     \begin{aligned} a &= \frac{\sqrt{2}}{\sqrt{\pi}} \\ c &= 0.0447 \end{aligned}
+    >>> x, y, z = sp.symbols("x y z")
+    >>> print(_aligned_latex([("s", x + y**2 - z)], terms_per_line=2))
+    \begin{aligned} s &= x + y^{2} \\ &\quad - z \end{aligned}
     """
     from IPython.display import Math, display
 
-    display(Math(_aligned_latex(equations)))
+    display(Math(_aligned_latex(equations, terms_per_line=terms_per_line)))
 
 
-def _aligned_latex(equations) -> str:
+def _aligned_latex(equations, terms_per_line: int | None = None) -> str:
     import sympy as sp
 
     if not equations:
         raise ValueError("`equations` must hold at least one equation. Received: none")
+    if terms_per_line is not None and (
+        isinstance(terms_per_line, bool) or not isinstance(terms_per_line, int) or terms_per_line < 1
+    ):
+        raise ValueError(
+            f"`terms_per_line` must be a positive integer or None. Received: terms_per_line={terms_per_line!r}"
+        )
     rows = []
     for item in equations:
         if isinstance(item, sp.Eq):
@@ -140,5 +155,28 @@ def _aligned_latex(equations) -> str:
             left, right = item
         else:
             raise ValueError(f"each equation must be a sympy Eq or a (left, right) pair. Received: {item!r}")
-        rows.append(" &= ".join(side if isinstance(side, str) else sp.latex(side) for side in (left, right)))
+        left = left if isinstance(left, str) else sp.latex(left)
+        if terms_per_line is not None and isinstance(right, sp.Add):
+            right = _broken_sum(right, terms_per_line)
+        elif not isinstance(right, str):
+            right = sp.latex(right)
+        rows.append(f"{left} &= {right}")
     return "\\begin{aligned} " + " \\\\ ".join(rows) + " \\end{aligned}"
+
+
+def _broken_sum(expression, terms_per_line: int) -> str:
+    """The LaTeX of a sympy sum, its terms in sympy's printing order, a line break after every
+    ``terms_per_line`` terms (inside an ``aligned`` environment, after a ``&=``)."""
+    import sympy as sp
+
+    pieces = []
+    for index, term in enumerate(expression.as_ordered_terms()):
+        negative = term.could_extract_minus_sign()
+        text = ("- " if negative else "+ " if index else "") + sp.latex(-term if negative else term)
+        if index == 0:
+            pieces.append(text)
+        elif index % terms_per_line == 0:
+            pieces.append(" \\\\ &\\quad " + text)
+        else:
+            pieces.append(" " + text)
+    return "".join(pieces)

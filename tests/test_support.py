@@ -124,3 +124,22 @@ def test_show_source_shows_a_marked_listing_and_names_the_marks_it_has(monkeypat
         notebook.show_source(attention.fit_attention_maps, listing="nothing")
     with pytest.raises(ValueError, match="`listing` must be a non-empty string"):
         notebook.show_source(attention.fit_attention_maps, listing="")
+
+
+def test_show_math_breaks_a_long_sum_over_lines():
+    import sympy as sp
+
+    x, y, z = sp.symbols("x y z")
+    long_sum = x**3 + 2 * x * y - y**2 + z
+    broken = notebook._aligned_latex([("s", long_sum), ("t", x)], terms_per_line=2)
+    one_line = notebook._aligned_latex([("s", long_sum), ("t", x)])
+    assert broken == (r"\begin{aligned} s &= x^{3} + 2 x y \\ &\quad - y^{2} + z \\ t &= x \end{aligned}")
+    # The same terms in the same order as sympy prints the sum on one line.
+    assert one_line == rf"\begin{{aligned}} s &= {sp.latex(long_sum)} \\ t &= x \end{{aligned}}"
+    assert broken.replace(r" \\ &\quad", "") == one_line
+    # A right side that is not a sum, or a sum short enough, stays on its line.
+    assert notebook._aligned_latex([("p", x * (y + z)), ("q", x + y)], terms_per_line=2) == (
+        r"\begin{aligned} p &= x \left(y + z\right) \\ q &= x + y \end{aligned}")
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=r"`terms_per_line` must be a positive integer or None"):
+            notebook.show_math(("s", long_sum), terms_per_line=bad)
