@@ -62,3 +62,11 @@ def test_the_three_models_start_from_the_pretrained_function_or_from_random_weig
     assert models["untied"].encoder.share_layers is False and models["scratch"].encoder.share_layers is False
     with pytest.raises(ValueError, match="`kind` must be one of"):
         albert_untied.build(settings, encoder, "ner", "bert", seed=0)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "quick", "reference", "full"])
+def test_every_model_reaches_the_early_epochs_it_is_scored_on(scale):
+    """Early stopping ends a run no sooner than 1 + patience epochs, and never after max_epochs: the first
+    ``early_epochs`` validation scores exist for every model, so the early means compare like with like."""
+    settings = albert_untied._COMMON | albert_untied._SCALES[scale]
+    assert 1 <= settings["early_epochs"] <= min(settings["max_epochs"], 1 + settings["patience"])
