@@ -354,15 +354,8 @@ def test_browser_every_page_is_opened(browser_findings, width_name):
     assert len(pages) >= 10
 
 
-KNOWN_TO_FAIL = {
-    ("tables", "phone"): "albert-untied only: 2 output tables (the parameter counts, the reference run) scroll "
-                         "sideways on a phone",
-    ("equations", "phone"): "albert-untied only: 3 display equations (the parameter-count derivation and its "
-                            "solution) scroll sideways on a phone",
-    ("overflow", "phone"): "albert-untied only: 2 inline formulas in a solution (the break-even E*) are cut off "
-                           "on a phone",
-}
-"""Checks that fail on the book as it stands (issue 13 stays open for them). Each is a strict xfail: the day a
+KNOWN_TO_FAIL = {}
+"""Checks that fail on the book as it stands, each with its reason (none today). Each is a strict xfail: the day a
 check passes, its test fails until the entry is removed here, so the list cannot go stale."""
 
 
